@@ -1,0 +1,197 @@
+"""The liveness rule: one pure function that every server, the CLI and the metrics share.
+
+``last = alive_callback()`` and ``age = now - last``, in seconds. The verdict is
+
+* ``alive`` when ``age <= timeout``;
+* ``dead`` when ``age > timeout``;
+* ``unknown`` when no honest verdict exists: the callback raised, or returned something
+  that is not a finite real number in epoch seconds (``None``, a string, ``True``, NaN,
+  an infinity), or a time so far ahead of the clock that it is surely a unit error
+  (milliseconds instead of seconds).
+
+A time at most :data:`MAX_FUTURE_SKEW` seconds ahead of the clock is alive with age 0:
+torch reports whole seconds (``int(time.time())``), clocks step, and a heartbeat file's
+modification time comes from another machine's clock on a network file system.
+
+Nothing here reads the clock or sleeps unless asked to: the current time is an argument.
+
+>>> evaluate(1_700_000_000, timeout=60, now=1_700_000_030).verdict
+<Verdict.ALIVE: 'alive'>
+>>> evaluate(None, timeout=60, now=1_700_000_030).reason
+'callback returned NoneType'
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import numbers
+import time
+from collections.abc import Callable
+
+__all__ = ["MAX_FUTURE_SKEW", "HealthStatus", "Verdict", "check_liveness", "evaluate"]
+
+# How far ahead of our clock a progress time may be and still count as "now". Five
+# minutes is the clock skew Kerberos tolerates by default (MIT krb5 ``clockskew``): a
+# bigger gap is no longer skew. A time in milliseconds is ~1.7e12 s ahead, far beyond it.
+MAX_FUTURE_SKEW = 300.0
+
+
+class Verdict(str, enum.Enum):
+    """What the liveness rule concluded."""
+
+    ALIVE = "alive"
+    DEAD = "dead"
+    UNKNOWN = "unknown"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class HealthStatus:
+    """The verdict of the liveness rule, with what it was based on. Immutable.
+
+    Attributes:
+        verdict: ``alive``, ``dead`` or ``unknown``.
+        timeout: The allowed age, in seconds.
+        last_progress: The last progress time, in epoch seconds, or ``None`` when unknown.
+        age: Seconds since ``last_progress`` (0 when slightly in the future), or ``None``.
+        reason: Why the verdict is ``unknown`` (a short phrase, never a traceback);
+            ``None`` otherwise.
+    """
+
+    # A hand-written value class rather than a dataclass: importing dataclasses (and the
+    # inspect module it pulls in) would double what `import elastic_healthcheck` costs.
+    __slots__ = ("verdict", "timeout", "last_progress", "age", "reason")
+
+    verdict: Verdict
+    timeout: float
+    last_progress: float | None
+    age: float | None
+    reason: str | None
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        timeout: float,
+        last_progress: float | None = None,
+        age: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        for name, value in zip(
+            self.__slots__, (verdict, timeout, last_progress, age, reason), strict=True
+        ):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"HealthStatus is immutable; cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"HealthStatus is immutable; cannot delete {name!r}")
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.verdict, self.timeout, self.last_progress, self.age, self.reason)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not HealthStatus:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{n}={v!r}" for n, v in zip(self.__slots__, self._fields(), strict=True)
+        )
+        return f"HealthStatus({fields})"
+
+    @property
+    def alive(self) -> bool:
+        """``True`` only for the ``alive`` verdict."""
+        return self.verdict is Verdict.ALIVE
+
+    @classmethod
+    def unknown(cls, timeout: float, reason: str) -> HealthStatus:
+        """An ``unknown`` verdict with the given reason."""
+        return cls(Verdict.UNKNOWN, timeout, reason=reason)
+
+    def to_dict(self) -> dict[str, object]:
+        """The status as JSON-ready data: status, last_progress, age, timeout, reason."""
+        return {
+            "status": self.verdict.value,
+            "last_progress": self.last_progress,
+            "age": self.age,
+            "timeout": self.timeout,
+            "reason": self.reason,
+        }
+
+
+def evaluate(last_progress: object, timeout: float, now: float) -> HealthStatus:
+    """Apply the liveness rule to a last progress time.
+
+    Args:
+        last_progress: What the alive callback returned: epoch seconds, int or float.
+        timeout: Seconds of silence after which the agent is dead; finite and >= 0.
+        now: The current time, in epoch seconds.
+
+    Returns:
+        The :class:`HealthStatus`.
+
+    Raises:
+        ValueError: ``timeout`` is negative or not finite.
+        TypeError: ``timeout`` is not a real number.
+    """
+    limit = _check_timeout(timeout)
+    if isinstance(last_progress, bool) or not isinstance(last_progress, numbers.Real):
+        return HealthStatus.unknown(limit, f"callback returned {type(last_progress).__name__}")
+    try:
+        last = float(last_progress)
+    except (OverflowError, ValueError):
+        return HealthStatus.unknown(limit, "callback returned a number out of range")
+    if not math.isfinite(last):
+        return HealthStatus.unknown(limit, f"callback returned {last!r}")
+    age = now - last
+    if age < 0.0:
+        if -age > MAX_FUTURE_SKEW:
+            return HealthStatus.unknown(
+                limit,
+                f"last progress is {-age:.3g}s ahead of the clock (milliseconds, not seconds?)",
+            )
+        age = 0.0
+    verdict = Verdict.ALIVE if age <= limit else Verdict.DEAD
+    return HealthStatus(verdict, limit, last_progress=last, age=age)
+
+
+def check_liveness(
+    alive_callback: Callable[[], object],
+    timeout: float,
+    clock: Callable[[], float] = time.time,
+) -> HealthStatus:
+    """Call ``alive_callback`` and apply the liveness rule to its answer.
+
+    Args:
+        alive_callback: Returns the last progress time in epoch seconds.
+        timeout: Seconds of silence after which the agent is dead.
+        clock: The current time in epoch seconds, read after the callback returns.
+
+    Returns:
+        The :class:`HealthStatus`; ``unknown`` naming the exception's type if the
+        callback raised an ``Exception``. ``KeyboardInterrupt`` and ``SystemExit``
+        propagate.
+    """
+    try:
+        last_progress = alive_callback()
+    except Exception as exc:
+        reason = f"callback raised {type(exc).__name__}"
+        return HealthStatus.unknown(_check_timeout(timeout), reason)
+    return evaluate(last_progress, timeout, clock())
+
+
+def _check_timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    value = float(timeout)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"timeout must be a finite number of seconds >= 0, not {timeout!r}")
+    return value

@@ -1,0 +1,130 @@
+"""The mirrored module is indistinguishable from torch's health_check_server to torch code."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import pytest
+
+from elastic_healthcheck import health_check_server as mirrored
+from elastic_healthcheck.health_check_server import HealthCheckServer, create_healthcheck_server
+
+MODULE = "elastic_healthcheck.health_check_server"
+
+# inspect.signature as it renders torch 2.13's objects (return annotations name the class).
+SIGNATURES = {
+    "HealthCheckServer": (
+        "(alive_callback: collections.abc.Callable[[], int], port: int, timeout: int) -> None"
+    ),
+    "create_healthcheck_server": (
+        "(alive_callback: collections.abc.Callable[[], int], port: int, timeout: int)"
+        " -> {module}.HealthCheckServer"
+    ),
+}
+
+
+def test_module_all():
+    assert mirrored.__all__ == ["HealthCheckServer", "create_healthcheck_server"]
+
+
+def test_module_logger_is_named_after_the_module():
+    assert mirrored.log.name == MODULE
+
+
+@pytest.mark.parametrize("name", sorted(SIGNATURES))
+def test_signature(name):
+    expected = SIGNATURES[name].format(module=MODULE)
+    assert str(inspect.signature(getattr(mirrored, name))) == expected
+
+
+def test_class_annotations():
+    assert list(HealthCheckServer.__annotations__) == ["_alive_callback", "_port", "_timeout"]
+
+
+def test_constructor_stores_arguments_without_calling_the_callback():
+    calls = []
+    server = HealthCheckServer(lambda: calls.append(1) or 0, 29500, 60)
+    assert (server._port, server._timeout) == (29500, 60)
+    assert server._alive_callback is server.alive_callback
+    assert calls == []
+
+
+def test_keyword_arguments_as_the_agent_passes_them():
+    def callback() -> int:
+        return 0
+
+    server = create_healthcheck_server(alive_callback=callback, port=1, timeout=60)
+    assert type(server) is HealthCheckServer
+    assert server.alive_callback is callback
+
+
+def test_alive_callback_property_is_read_only():
+    server = HealthCheckServer(lambda: 0, 0, 60)
+    with pytest.raises(AttributeError):
+        server.alive_callback = lambda: 1  # type: ignore[misc]
+
+
+def test_start_logs_one_warning(caplog):
+    caplog.set_level(logging.DEBUG, logger=MODULE)
+    HealthCheckServer(lambda: 0, 0, 60).start()
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        (MODULE, logging.WARNING, "No health check server started")
+    ]
+
+
+def test_stop_logs_info_and_is_idempotent(caplog):
+    caplog.set_level(logging.DEBUG, logger=MODULE)
+    server = HealthCheckServer(lambda: 0, 0, 60)
+    for _ in range(3):
+        server.stop()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "Stopping noop health check server.")
+    ] * 3
+
+
+def test_health_status_applies_the_rule_to_the_callback():
+    server = HealthCheckServer(lambda: None, 0, 60)  # type: ignore[arg-type, return-value]
+    assert server.health_status().reason == "callback returned NoneType"
+
+
+@pytest.fixture(scope="module")
+def torch_module():
+    return pytest.importorskip("torch.distributed.elastic.agent.server.health_check_server")
+
+
+class TestAgainstTorch:
+    """Where torch is installed, compare with the real module, not with our notes about it."""
+
+    def test_all(self, torch_module):
+        assert mirrored.__all__ == torch_module.__all__
+
+    @pytest.mark.parametrize("name", sorted(SIGNATURES))
+    def test_signatures(self, torch_module, name):
+        ours = str(inspect.signature(getattr(mirrored, name)))
+        theirs = str(inspect.signature(getattr(torch_module, name)))
+        assert ours.replace(MODULE, "X") == theirs.replace(torch_module.__name__, "X")
+
+    def test_class_annotations(self, torch_module):
+        assert HealthCheckServer.__annotations__ == torch_module.HealthCheckServer.__annotations__
+
+    def test_public_methods(self, torch_module):
+        def public(cls):
+            return {n for n in vars(cls) if not n.startswith("__")}
+
+        additions = public(HealthCheckServer) - public(torch_module.HealthCheckServer)
+        assert public(torch_module.HealthCheckServer) <= public(HealthCheckServer)
+        assert additions == {"health_status"}
+
+    def test_same_log_records(self, torch_module, caplog):
+        for module in (torch_module, mirrored):
+            caplog.set_level(logging.DEBUG, logger=module.__name__)
+        for module in (torch_module, mirrored):
+            server = module.create_healthcheck_server(alive_callback=lambda: 0, port=0, timeout=60)
+            server.start()
+            server.stop()
+        theirs, ours = caplog.records[:2], caplog.records[2:]
+        assert len(ours) == 2
+        assert [(r.levelno, r.getMessage()) for r in ours] == [
+            (r.levelno, r.getMessage()) for r in theirs
+        ]
