@@ -23,6 +23,7 @@ from ._server import (
     DEFAULT_CALLBACK_TIMEOUT,
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    READING,
     Connection,
     SocketHealthCheckServer,
 )
@@ -155,6 +156,13 @@ class HTTPHealthCheckServer(SocketHealthCheckServer):
             # RFC 9110 section 15.5.6: a 405 must say what is allowed.
             self._reply(conn, request, HTTPStatus.METHOD_NOT_ALLOWED, extra=f"Allow: {ALLOW}\r\n")
 
+    def _on_timeout(self, conn: Connection) -> None:
+        if conn.state == READING and conn.inbuf:
+            # Part of a request arrived, not all of it in time (RFC 9110 section 15.5.9).
+            self._fail(conn, HTTPStatus.REQUEST_TIMEOUT)
+        else:
+            super()._on_timeout(conn)
+
     def _on_status(self, conn: Connection, status: HealthStatus) -> None:
         request = conn.request
         assert isinstance(request, Request)
@@ -228,6 +236,7 @@ class HTTPHealthCheckServer(SocketHealthCheckServer):
         body = f"{status.value} {status.phrase}\n".encode("ascii")
         response = build_response(status, body, TEXT, date=self._http_date(), connection="close")
         conn.inbuf = b""
+        conn.linger = True  # the rest of a bad request may still be on its way
         self._send(conn, response, keep_alive=False)
 
     def _http_date(self) -> str:

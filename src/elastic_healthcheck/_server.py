@@ -100,7 +100,7 @@ class Connection:
         "timer",
         "request",
         "keep_alive",
-        "received",
+        "linger",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -113,7 +113,9 @@ class Connection:
         # What the protocol asked for while WAITING; opaque to the engine.
         self.request: object = None
         self.keep_alive = False
-        self.received = 0
+        # Close gracefully (half-close, drain, then close) rather than at once: set when
+        # the client may have sent bytes we will not read.
+        self.linger = False
 
 
 class SocketHealthCheckServer(HealthCheckServer):
@@ -291,6 +293,10 @@ class SocketHealthCheckServer(HealthCheckServer):
         """The verdict a WAITING connection asked for is here: respond."""
         raise NotImplementedError
 
+    def _on_timeout(self, conn: Connection) -> None:
+        """A deadline passed: the client was silent, slow to read, or done lingering."""
+        self._close(conn)
+
     def _observe(self, status: HealthStatus) -> None:
         """Every verdict served passes here once: log each change of verdict once."""
         verdict, previous = status.verdict, self._last_verdict
@@ -345,10 +351,10 @@ class SocketHealthCheckServer(HealthCheckServer):
 
     def _finish(self, conn: Connection) -> None:
         """Close after a response, without losing it to a RST from unread input."""
-        if not conn.inbuf and conn.received == 0:
-            self._close(conn)
-        else:
+        if conn.inbuf or conn.linger:
             self._linger(conn)
+        else:
+            self._close(conn)
 
     def _linger(self, conn: Connection) -> None:
         conn.state = LINGERING
@@ -543,7 +549,6 @@ class SocketHealthCheckServer(HealthCheckServer):
         if not data:
             self._close(conn)
             return
-        conn.received += len(data)
         if conn.state == LINGERING:
             return
         conn.inbuf += data
@@ -626,9 +631,8 @@ class SocketHealthCheckServer(HealthCheckServer):
                     break
                 late.append(conn)
         for conn in late:
-            if conn.state == WAITING:
-                continue
-            self._close(conn)  # a silent client, a stuck reader, or a lingering close
+            if conn.state != WAITING:
+                self._on_timeout(conn)
         waiting = [conn for conn in late if conn.state == WAITING]
         if waiting:
             status = HealthStatus.unknown(

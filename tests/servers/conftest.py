@@ -1,0 +1,60 @@
+"""Fixtures for servers on real loopback sockets: port 0, read back, no sleeps."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from elastic_healthcheck import HTTPHealthCheckServer
+
+from .client import NOW_CALLBACK
+
+ServerFactory = Callable[..., HTTPHealthCheckServer]
+
+
+@pytest.fixture
+def server_factory() -> Iterator[ServerFactory]:
+    """Build HTTP servers on 127.0.0.1; every one is stopped and checked for leaks."""
+    made: list[HTTPHealthCheckServer] = []
+
+    def make(
+        alive_callback: Callable[[], object] = NOW_CALLBACK,
+        port: int = 0,
+        timeout: float = 60,
+        **options: object,
+    ) -> HTTPHealthCheckServer:
+        options.setdefault("host", "127.0.0.1")
+        server = HTTPHealthCheckServer(alive_callback, port, timeout, **options)  # type: ignore[arg-type]
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+        assert not server.is_running
+        assert all(s.fileno() == -1 for s in server._listeners)
+        assert server._thread is None
+
+
+@pytest.fixture
+def server(server_factory: ServerFactory) -> Iterator[HTTPHealthCheckServer]:
+    """A started HTTP server whose callback says "now": alive."""
+    server = server_factory()
+    server.start()
+    yield server
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.005) -> None:
+    """Poll ``predicate`` until it holds, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def connect(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
