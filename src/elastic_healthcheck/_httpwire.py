@@ -42,6 +42,8 @@ _BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Visible ASCII only in the request target: no spaces, no controls, no obs-text.
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+# RFC 3986 section 3.2: the authority ends at the first "/", "?" or "#".
+_AUTHORITY_END = re.compile(rb"[/?#]")
 
 
 class HTTPError(Exception):
@@ -95,7 +97,8 @@ def parse_request(head: bytes) -> Request:
 
     Raises:
         HTTPError: 400 for anything malformed, 413 for a request with content, 431 for
-            too many header fields, 501 for a transfer coding, 505 for HTTP/2 and later.
+            too many header fields, 501 for a transfer coding, 505 for a major version
+            other than 1 (HTTP/0.9 and HTTP/2 alike).
     """
     lines = head.split(b"\n")
     request_line = _strip_cr(lines[0])
@@ -141,13 +144,14 @@ def parse_request(head: bytes) -> Request:
     # An HTTP/1.1 request must carry exactly one Host (RFC 9112 section 3.2).
     if hosts > 1 or (hosts == 0 and minor >= 1):
         raise HTTPError(HTTPStatus.BAD_REQUEST)
-    if content_length is not None and int(content_length) > 0:
+    # Any digit but 0 means content. Compare bytes, not int(): a value longer than
+    # sys.get_int_max_str_digits() (4300) fits in a request head and int() raises ValueError.
+    if content_length is not None and content_length.lstrip(b"0"):
         raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
-    if minor == 0:
-        keep_alive = b"keep-alive" in connection
-    else:
-        keep_alive = b"close" not in connection
+    # "close" ends the connection in every version; an HTTP/1.0 one persists only when
+    # asked to with "keep-alive" (RFC 9112 section 9.3).
+    keep_alive = b"close" not in connection and (minor >= 1 or b"keep-alive" in connection)
     return Request(method.decode("ascii"), _path(method, target), minor, keep_alive)
 
 
@@ -170,8 +174,14 @@ def _path(method: bytes, target: bytes) -> str:
     elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
         # Absolute form (RFC 9112 section 3.2.2): servers must accept it.
         rest = target.split(b"://", 1)[1]
-        slash = rest.find(b"/")
-        path = rest[slash:] if slash >= 0 else b"/"
+        end = _AUTHORITY_END.search(rest)
+        authority, path = (rest[: end.start()], rest[end.start() :]) if end else (rest, b"")
+        # An empty host must be rejected (RFC 9110 section 4.2.1), and userinfo treated
+        # as an error (section 4.2.4: it hides the real host from a reader).
+        if authority[:1] in (b"", b":") or b"@" in authority:
+            raise HTTPError(HTTPStatus.BAD_REQUEST)
+        if not path.startswith(b"/"):
+            path = b"/" + path  # an empty path is "/" (RFC 9110 section 4.2.3)
     elif method == b"CONNECT":
         return ""  # authority form: only CONNECT uses it, and CONNECT is not allowed
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import queue
 import selectors
 import socket
 import threading
@@ -182,6 +183,7 @@ class SocketHealthCheckServer(HealthCheckServer):
         self._waker_w: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
         self._stopping = False
+        self._selecting = False  # the I/O thread sleeps in select()
         self._address: tuple[str, int] | None = None
         self._announced: str | None = None
 
@@ -384,7 +386,7 @@ class SocketHealthCheckServer(HealthCheckServer):
         for listener in listeners:
             self._selector.register(listener, selectors.EVENT_READ, None)
         self._selector.register(self._waker_r, selectors.EVENT_READ, None)
-        self._evaluator = _Evaluator(self._evaluate, self._wake)
+        self._evaluator = _Evaluator(self._evaluate, self._wake_if_selecting)
         self._evaluator.start(f"elastic-healthcheck-callback:{self.port}")
         self._thread = threading.Thread(
             target=self._run, name=f"elastic-healthcheck-{self._kind}:{self.port}", daemon=True
@@ -396,6 +398,10 @@ class SocketHealthCheckServer(HealthCheckServer):
         return ", ".join(_display(host, port) for host, port in self.addresses) or _display(
             self.host, self.port
         )
+
+    def _wake_if_selecting(self) -> None:
+        if self._selecting:
+            self._wake()
 
     def _wake(self) -> None:
         waker = self._waker_w
@@ -424,7 +430,14 @@ class SocketHealthCheckServer(HealthCheckServer):
         try:
             while not self._stopping:
                 timeout = self._next_timeout()
-                for key, events in selector.select(timeout):
+                # The evaluator writes to the waker only while we sleep in select(): set
+                # the flag, then look for a result, so one of the two always sees the other.
+                self._selecting = True
+                if self._evaluator is not None and self._evaluator.has_result:
+                    timeout = 0
+                events_ready = selector.select(timeout)
+                self._selecting = False
+                for key, events in events_ready:
                     sock = key.fileobj
                     if sock is waker:
                         self._drain_waker()
@@ -432,6 +445,7 @@ class SocketHealthCheckServer(HealthCheckServer):
                         self._accept(sock)
                     else:
                         self._dispatch(key.data, events)
+                self._take_result()
                 self._expire(time.monotonic())
         except BaseException:  # pragma: no cover - a bug; keep the evidence
             log.exception("Health check server loop crashed")
@@ -456,10 +470,11 @@ class SocketHealthCheckServer(HealthCheckServer):
     def _drain_waker(self) -> None:
         assert self._waker_r is not None
         try:
-            while self._waker_r.recv(4096):
-                pass
+            self._waker_r.recv(4096)  # anything left makes select() return again
         except BlockingIOError:
             pass
+
+    def _take_result(self) -> None:
         evaluator = self._evaluator
         if evaluator is not None:
             status = evaluator.take()
@@ -666,15 +681,20 @@ class SocketHealthCheckServer(HealthCheckServer):
 
 
 class _Evaluator:
-    """The thread that calls the alive callback, one call at a time, on request."""
+    """The thread that calls the alive callback, one call at a time, on request.
+
+    No Python-level lock is taken on the way in or out: requests travel through a
+    ``SimpleQueue`` (implemented in C) and the result through a one-slot ``deque``, so an
+    exception raised by a signal handler in the middle of stop() cannot leave a lock
+    held that the next stop() or this thread would wait on forever.
+    """
 
     def __init__(self, evaluate: Callable[[], HealthStatus], notify: Callable[[], None]) -> None:
         self._evaluate = evaluate
         self._notify = notify
-        self._cond = threading.Condition(threading.Lock())
-        self._requested = False
+        self._requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._closed = False
-        self._busy = False  # inside the callback
+        self._busy = False  # set before `_closed` is read, so close() knows whether to wait
         self._results: deque[HealthStatus] = deque(maxlen=1)
         self._thread: threading.Thread | None = None
 
@@ -683,9 +703,7 @@ class _Evaluator:
         self._thread.start()
 
     def request(self) -> None:
-        with self._cond:
-            self._requested = True
-            self._cond.notify()
+        self._requests.put(True)
 
     def take(self) -> HealthStatus | None:
         try:
@@ -693,29 +711,28 @@ class _Evaluator:
         except IndexError:
             return None
 
+    @property
+    def has_result(self) -> bool:
+        return bool(self._results)
+
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            busy = self._busy
-            self._cond.notify()
+        self._closed = True
+        self._requests.put(False)
         thread = self._thread
-        # An idle evaluator exits at once; one inside a callback that never returns keeps
+        # An idle evaluator exits at once. One inside a callback that never returns keeps
         # its daemon thread, and stop() must not wait for it.
-        if thread is not None and not busy and thread is not threading.current_thread():
+        if thread is not None and not self._busy and thread is not threading.current_thread():
             thread.join(JOIN_TIMEOUT)
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not (self._requested or self._closed):
-                    self._cond.wait()
-                if self._closed:
-                    return
-                self._requested = False
-                self._busy = True
-            status = self._evaluate()
-            with self._cond:
+            self._requests.get()
+            self._busy = True
+            if self._closed:
                 self._busy = False
+                return
+            status = self._evaluate()
+            self._busy = False
             self._results.append(status)
             self._notify()
 
@@ -762,10 +779,14 @@ def _bind(host: str | None, port: int) -> list[socket.socket]:
             return [_listen(("0.0.0.0", port), socket.AF_INET)]
         except OSError as exc:
             raise _bind_error(exc, "0.0.0.0", port) from None
+    family = _numeric_family(host)
+    if family is not None:  # an address: no resolver, no DNS, no codec import
+        try:
+            return [_listen((host, port), family, dualstack=host == "::")]
+        except OSError as exc:
+            raise _bind_error(exc, host, port) from None
     try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         raise _bind_error(exc, shown, port) from None
     unique: dict[tuple[int, str], tuple[int, tuple[object, ...]]] = {}
@@ -787,6 +808,16 @@ def _bind(host: str | None, port: int) -> list[socket.socket]:
             sock.close()
         raise
     return listeners
+
+
+def _numeric_family(host: str) -> int | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
+    return None
 
 
 def _as_int(value: object) -> int:
