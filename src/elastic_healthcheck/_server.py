@@ -6,7 +6,8 @@ touches them while it runs. The alive callback runs on a second thread, the eval
 a callback that hangs never stalls I/O: a connection that waits for a verdict longer than
 ``callback_timeout`` gets ``unknown``, and the hung call keeps its one thread (no pile-up).
 
-Probes that arrive while the callback runs share its answer. The loop sleeps in
+Probes that arrive while the callback runs, or within ``VERDICT_REUSE`` (10 ms) of its
+answer, share that answer. The loop sleeps in
 ``select()`` with no timeout unless a deadline is pending, so an idle server never wakes.
 
 Subclasses speak a protocol through four hooks: :meth:`_on_connect`, :meth:`_on_input`,
@@ -46,6 +47,13 @@ DEFAULT_CLIENT_TIMEOUT = 5.0
 # Seconds a probe waits for the alive callback: well under kubelet's default 1 s probe
 # timeout (timeoutSeconds), so the prober hears "unknown" instead of timing out.
 DEFAULT_CALLBACK_TIMEOUT = 0.5
+
+# Seconds a verdict from the callback may be served again without calling it anew, so
+# that probes arriving together share one call and skip two thread switches each. The
+# callback's answer has whole-second resolution in torch (int(time.time())); 10 ms of
+# staleness changes no verdict that matters, while a hung callback is still noticed on
+# the first probe after the window.
+VERDICT_REUSE = 0.01
 
 # Open client connections at most. Beyond it the connection idle the longest is closed to
 # make room, so a burst of idle clients can never lock a prober out.
@@ -192,6 +200,8 @@ class SocketHealthCheckServer(HealthCheckServer):
         self._timers: dict[float, dict[Connection, float]] = {}
         self._waiting: list[Connection] = []
         self._evaluating = False
+        self._recent: HealthStatus | None = None  # the callback's last verdict...
+        self._recent_at = 0.0  # ...and when it arrived (time.monotonic())
         self._accepting_at: float | None = None  # set while accepting is paused
         self._last_verdict: Verdict | None = None
         self._probes: dict[Verdict, int] = dict.fromkeys(Verdict, 0)
@@ -320,7 +330,15 @@ class SocketHealthCheckServer(HealthCheckServer):
     # -- services for protocols -------------------------------------------------------
 
     def _await_status(self, conn: Connection, request: object) -> None:
-        """Park ``conn`` until a verdict is available, for at most callback_timeout."""
+        """Answer ``conn`` with a fresh verdict: a recent one, or the next from the callback.
+
+        A connection parked for the callback waits at most callback_timeout.
+        """
+        recent = self._recent
+        if recent is not None and time.monotonic() - self._recent_at < VERDICT_REUSE:
+            conn.request = request
+            self._on_status(conn, recent)
+            return
         conn.state = WAITING
         conn.request = request
         self._arm(conn, self._callback_timeout)
@@ -376,6 +394,7 @@ class SocketHealthCheckServer(HealthCheckServer):
         self._timers.clear()
         self._waiting.clear()
         self._evaluating = False
+        self._recent = None
         self._accepting_at = None
         self._listeners = listeners
         self._address = _host_port(listeners[0].getsockname())
@@ -480,6 +499,7 @@ class SocketHealthCheckServer(HealthCheckServer):
             status = evaluator.take()
             if status is not None:
                 self._evaluating = False
+                self._recent, self._recent_at = status, time.monotonic()
                 self._deliver(status, lambda conn: True)
 
     def _deliver(self, status: HealthStatus, wanted: Callable[[Connection], bool]) -> None:
