@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_configuration_from_the_outer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's ELASTIC_HEALTHCHECK_* or LOGLEVEL must not change what tests see."""
+    for name in list(os.environ):
+        if name.startswith("ELASTIC_HEALTHCHECK_") or name == "LOGLEVEL":
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

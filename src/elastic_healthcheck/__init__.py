@@ -1,30 +1,27 @@
 """elastic-healthcheck: the health-check server PyTorch elastic defines, done for real.
 
-The torch-identical surface (``HealthCheckServer``, ``create_healthcheck_server``,
-``get_logger``, ``get_log_level``), the liveness rule (``HealthStatus``, ``evaluate``) and
-the progress helpers are imported eagerly and cost almost nothing. The servers (sockets,
-threads, json) are imported on first use, so ``import elastic_healthcheck`` stays cheap
-for a probe that runs every few seconds.
+Every public name is imported on first use (PEP 562), so ``import elastic_healthcheck``
+costs next to nothing and ``elastic-healthcheck probe``, which Docker may run every few
+seconds, loads only the probe client.
 """
 
-from ._progress import HeartbeatFile as HeartbeatFile
-from ._progress import HeartbeatFileReader as HeartbeatFileReader
-from ._progress import ProgressTracker as ProgressTracker
-from .health_check_server import HealthCheckServer as HealthCheckServer
-from .health_check_server import create_healthcheck_server as create_healthcheck_server
-from .log_level import get_log_level as get_log_level
-from .logging import get_logger as get_logger
-from .status import MAX_FUTURE_SKEW as MAX_FUTURE_SKEW
-from .status import HealthStatus as HealthStatus
-from .status import Verdict as Verdict
-from .status import check_liveness as check_liveness
-from .status import evaluate as evaluate
+__version__ = "0.1.0"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from ._http import HTTPHealthCheckServer as HTTPHealthCheckServer
-
-__version__ = "0.1.0"
+    from ._progress import HeartbeatFile as HeartbeatFile
+    from ._progress import HeartbeatFileReader as HeartbeatFileReader
+    from ._progress import ProgressTracker as ProgressTracker
+    from .health_check_server import HealthCheckServer as HealthCheckServer
+    from .health_check_server import create_healthcheck_server as create_healthcheck_server
+    from .log_level import get_log_level as get_log_level
+    from .logging import get_logger as get_logger
+    from .status import MAX_FUTURE_SKEW as MAX_FUTURE_SKEW
+    from .status import HealthStatus as HealthStatus
+    from .status import Verdict as Verdict
+    from .status import check_liveness as check_liveness
+    from .status import evaluate as evaluate
 
 __all__ = [
     "MAX_FUTURE_SKEW",
@@ -43,9 +40,21 @@ __all__ = [
     "get_logger",
 ]
 
-# Imported on first attribute access (PEP 562): name -> module.
+# Public name -> the module that defines it.
 _LAZY = {
     "HTTPHealthCheckServer": "._http",
+    "HeartbeatFile": "._progress",
+    "HeartbeatFileReader": "._progress",
+    "ProgressTracker": "._progress",
+    "HealthCheckServer": ".health_check_server",
+    "create_healthcheck_server": ".health_check_server",
+    "get_log_level": ".log_level",
+    "get_logger": ".logging",
+    "MAX_FUTURE_SKEW": ".status",
+    "HealthStatus": ".status",
+    "Verdict": ".status",
+    "check_liveness": ".status",
+    "evaluate": ".status",
 }
 
 
@@ -53,9 +62,9 @@ def __getattr__(name: str) -> object:
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+    from importlib import import_module
 
-    value = getattr(importlib.import_module(module_name, __name__), name)
+    value = getattr(import_module(module_name, __name__), name)
     globals()[name] = value
     return value
 

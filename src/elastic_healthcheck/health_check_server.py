@@ -86,8 +86,32 @@ def create_healthcheck_server(
     alive_callback: Callable[[], int],
     port: int,
     timeout: int,
+    *,
+    kind: str | None = None,
+    **options: object,
 ) -> HealthCheckServer:
     """
     creates health check server object
+
+    By default this is torch's no-op :class:`HealthCheckServer`. The keyword-only
+    additions, which torch code never passes, choose another kind without changing code::
+
+        ELASTIC_HEALTHCHECK_SERVER=http ELASTIC_HEALTHCHECK_HOST=127.0.0.1 torchrun ...
+
+    Args:
+        kind: ``noop``, ``http``, ``tcp``, ``package.module:ClassName`` or a name an
+            installed distribution registers in the ``elastic_healthcheck.servers``
+            entry-point group. ``None`` reads ``ELASTIC_HEALTHCHECK_SERVER``, else ``noop``.
+        options: Keyword-only options of the chosen class (``host=...``), overriding
+            the ``ELASTIC_HEALTHCHECK_<OPTION>`` environment variables.
+
+    Raises:
+        ValueError: (``ConfigurationError``) the kind or an option, from the arguments
+            or the environment, cannot be used; the message says which and what is
+            accepted.
     """
-    return HealthCheckServer(alive_callback, port, timeout)
+    # The registry of kinds sits above this module: importing it here, not at the top,
+    # keeps the torch-identical base free of everything above it.
+    from ._kinds import create_server
+
+    return create_server(alive_callback, port, timeout, kind=kind, options=options)

@@ -13,6 +13,7 @@ from elastic_healthcheck.health_check_server import HealthCheckServer, create_he
 MODULE = "elastic_healthcheck.health_check_server"
 
 # inspect.signature as it renders torch 2.13's objects (return annotations name the class).
+# Our factory adds keyword-only parameters after these; see torch_visible().
 SIGNATURES = {
     "HealthCheckServer": (
         "(alive_callback: collections.abc.Callable[[], int], port: int, timeout: int) -> None"
@@ -22,6 +23,17 @@ SIGNATURES = {
         " -> {module}.HealthCheckServer"
     ),
 }
+
+
+# Parameters torch code cannot pass by accident: it passes three, positionally or by name.
+ADDITION_KINDS = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)
+
+
+def torch_visible(obj) -> inspect.Signature:
+    """The signature without our keyword-only additions: what torch code can see."""
+    signature = inspect.signature(obj)
+    kept = [p for p in signature.parameters.values() if p.kind not in ADDITION_KINDS]
+    return signature.replace(parameters=kept)
 
 
 def test_module_all():
@@ -34,8 +46,24 @@ def test_module_logger_is_named_after_the_module():
 
 @pytest.mark.parametrize("name", sorted(SIGNATURES))
 def test_signature(name):
+    """Torch's parameters lead, unchanged: names, order, kinds, annotations, return."""
     expected = SIGNATURES[name].format(module=MODULE)
-    assert str(inspect.signature(getattr(mirrored, name))) == expected
+    assert str(torch_visible(getattr(mirrored, name))) == expected
+
+
+def test_class_signature_has_no_additions():
+    assert str(inspect.signature(HealthCheckServer)) == str(torch_visible(HealthCheckServer))
+
+
+def test_factory_additions_are_keyword_only_with_defaults():
+    """Torch code calls the factory with three arguments; every addition must be optional."""
+    parameters = list(inspect.signature(create_healthcheck_server).parameters.values())
+    additions = parameters[3:]
+    assert additions, "the factory lost its keyword-only additions"
+    for parameter in additions:
+        assert parameter.kind in ADDITION_KINDS, parameter
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+            assert parameter.default is not inspect.Parameter.empty, parameter
 
 
 def test_class_annotations():
@@ -101,7 +129,8 @@ class TestAgainstTorch:
 
     @pytest.mark.parametrize("name", sorted(SIGNATURES))
     def test_signatures(self, torch_module, name):
-        ours = str(inspect.signature(getattr(mirrored, name)))
+        """Ours, less the keyword-only additions, is torch's whole signature."""
+        ours = str(torch_visible(getattr(mirrored, name)))
         theirs = str(inspect.signature(getattr(torch_module, name)))
         assert ours.replace(MODULE, "X") == theirs.replace(torch_module.__name__, "X")
 

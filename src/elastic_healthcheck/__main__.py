@@ -1,0 +1,5 @@
+"""``python -m elastic_healthcheck``: the same as the ``elastic-healthcheck`` command."""
+
+from ._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,368 @@
+"""Server kinds: choose a health-check server by name, without changing code.
+
+:func:`create_server` (what ``create_healthcheck_server(..., kind=...)`` calls) builds the
+server a name stands for, with options from keyword arguments and from the environment::
+
+    ELASTIC_HEALTHCHECK_SERVER=http ELASTIC_HEALTHCHECK_HOST=127.0.0.1 torchrun ...
+
+A kind is one of:
+
+- a built-in name, :data:`BUILTIN_KINDS`: ``noop`` (torch's no-op), ``http``, ``tcp``;
+- ``package.module:ClassName``, any :class:`HealthCheckServer` subclass;
+- a name an installed distribution registers in the entry-point group
+  :data:`ENTRY_POINT_GROUP` (``elastic_healthcheck.servers``). A built-in name wins over
+  an entry point of the same name.
+
+Precedence: the ``kind`` argument, else ``ELASTIC_HEALTHCHECK_SERVER``, else ``noop``.
+Every keyword-only parameter of the chosen class's ``__init__`` is an option, settable as
+``ELASTIC_HEALTHCHECK_<OPTION>``; an argument wins over the variable, the variable over
+the class's default. Every other variable under the prefix, bar :data:`RESERVED_ENV`, is a
+mistake and raises, so a typo cannot go unnoticed.
+
+Kinds are strings until first use, then cached classes: this module imports no server,
+and ``importlib.metadata`` and ``inspect`` only when a plugin name or an option needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Callable, Mapping
+
+from .health_check_server import HealthCheckServer
+
+__all__ = [
+    "BUILTIN_KINDS",
+    "DEFAULT_KIND",
+    "ENTRY_POINT_GROUP",
+    "ENV_PREFIX",
+    "ENV_SERVER",
+    "RESERVED_ENV",
+    "ConfigurationError",
+    "available_kinds",
+    "create_server",
+    "resolve_kind",
+]
+
+ENV_PREFIX = "ELASTIC_HEALTHCHECK_"
+
+# The kind to build when the caller names none.
+ENV_SERVER = ENV_PREFIX + "SERVER"
+
+# Torch's behaviour: a server that logs "No health check server started" and serves nothing.
+DEFAULT_KIND = "noop"
+
+# Where installed distributions register their own kinds:
+# [project.entry-points."elastic_healthcheck.servers"] in their pyproject.toml.
+ENTRY_POINT_GROUP = "elastic_healthcheck.servers"
+
+# Name -> "package.module:Class", imported on first use (never at import time, so no
+# import cycle with the servers, which import the base this module sits on).
+BUILTIN_KINDS: dict[str, str] = {
+    "noop": "elastic_healthcheck.health_check_server:HealthCheckServer",
+    "http": "elastic_healthcheck._http:HTTPHealthCheckServer",
+    "tcp": "elastic_healthcheck._tcp:TCPHealthCheckServer",
+}
+
+# Variables under ENV_PREFIX that are not options of any kind. An entry ending in "_"
+# reserves every name that starts with it.
+RESERVED_ENV = (
+    ENV_SERVER,  # the kind itself
+    ENV_PREFIX + "PORT",  # the port, for the torch integration
+    ENV_PREFIX + "TORCHRUN_",  # the torch integration
+    ENV_PREFIX + "WORKER_",  # the torch integration, per worker
+    ENV_PREFIX + "RANK_",  # the torch integration, per rank
+)
+
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+_EXPECTED = {
+    bool: "a bool (1, 0, true, false, yes, no, on or off)",
+    int: "an int",
+    float: "a float",
+    str: "a str",
+}
+_SIMPLE_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+_TARGET = re.compile(r"\w+(?:\.\w+)*:\w+(?:\.\w+)*")
+
+# Kind name -> class, filled on first successful resolution. Failures are not cached, so
+# installing the missing package fixes the next attempt.
+_resolved: dict[str, type[HealthCheckServer]] = {}
+
+
+class ConfigurationError(ValueError):
+    """A server kind or option, from an argument or the environment, cannot be used.
+
+    The message names where the value came from (the environment variable or the
+    argument) and what would have been accepted. A failed import is kept as
+    ``__cause__``.
+    """
+
+
+def available_kinds() -> dict[str, str]:
+    """Every kind name that :func:`resolve_kind` accepts, and what it imports.
+
+    Returns:
+        Name -> ``package.module:Class``: the built-in kinds first, then the entry
+        points of installed distributions, sorted. Nothing is imported.
+    """
+    kinds = dict(BUILTIN_KINDS)
+    for name, target in sorted(_entry_point_kinds().items()):
+        kinds.setdefault(name, target)
+    return kinds
+
+
+def resolve_kind(name: str, *, source: str = "kind") -> type[HealthCheckServer]:
+    """The server class a kind name stands for, imported on first use and cached.
+
+    >>> resolve_kind("noop").__name__
+    'HealthCheckServer'
+
+    Args:
+        name: A built-in name, ``package.module:ClassName``, or an entry-point name.
+        source: Where the name came from, for error messages: an argument's or an
+            environment variable's name.
+
+    Raises:
+        ConfigurationError: The name is unknown, its module cannot be imported, or it
+            does not name a :class:`HealthCheckServer` subclass.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{source} must be a str, not {type(name).__name__}")
+    cls = _resolved.get(name)
+    if cls is not None:
+        return cls
+    where = f"{source}={name!r}"
+    target = BUILTIN_KINDS.get(name)
+    if target is None and ":" in name:
+        target = name
+    elif target is None:
+        target = _entry_point_kinds().get(name)
+        if target is None:
+            raise ConfigurationError(
+                f"{where} is not a known health check server kind{_accepted()}"
+            )
+    cls = _load(target, where if target == name else f"{where} ({target})")
+    _resolved[name] = cls
+    return cls
+
+
+def create_server(
+    alive_callback: Callable[[], int],
+    port: int,
+    timeout: int,
+    *,
+    kind: str | None = None,
+    options: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> HealthCheckServer:
+    """Build the server of the chosen kind, with options from arguments and environment.
+
+    >>> type(create_server(lambda: 0, 0, 60, environ={})).__name__  # torch's no-op
+    'HealthCheckServer'
+    >>> server = create_server(lambda: 0, 8080, 60, kind="http", options={"host": "::1"})
+
+    Args:
+        alive_callback: Returns the last progress time in epoch seconds.
+        port: The port to serve on.
+        timeout: Seconds of silence after which the agent is dead.
+        kind: The kind to build; ``None`` reads ``ELASTIC_HEALTHCHECK_SERVER``, and
+            without it builds ``noop``. A blank variable counts as unset.
+        options: Keyword arguments for the class, overriding the environment.
+        environ: The environment to read; ``None`` means :data:`os.environ`.
+
+    Raises:
+        ConfigurationError: The kind cannot be resolved, an option is unknown, or a
+            value from the environment cannot be parsed or is rejected by the class.
+    """
+    env = os.environ if environ is None else environ
+    explicit = dict(options or {})
+    if kind is not None:
+        cls = resolve_kind(kind)
+        described = f"health check server kind {kind!r}"
+    elif env.get(ENV_SERVER, "").strip():
+        kind = env[ENV_SERVER].strip()
+        cls = resolve_kind(kind, source=ENV_SERVER)
+        described = f"health check server kind {kind!r} (from {ENV_SERVER})"
+    else:
+        kind = DEFAULT_KIND
+        cls = resolve_kind(kind)
+        described = f"health check server kind {kind!r} (the default: {ENV_SERVER} is not set)"
+
+    keys = sorted(key for key in env if key.startswith(ENV_PREFIX) and not _is_reserved(key))
+    factory: Callable[..., HealthCheckServer] = cls
+    if not explicit and not keys:  # the common case: nothing to check, no introspection
+        return factory(alive_callback, port, timeout)
+
+    option_types, takes_any = _options(cls)
+    unexpected = sorted(set(explicit) - set(option_types)) if not takes_any else []
+    if unexpected:
+        takes = ", ".join(sorted(option_types)) or "no options"
+        raise ConfigurationError(
+            f"unexpected option {', '.join(map(repr, unexpected))} for {described};"
+            f" it takes: {takes}"
+        )
+    by_key = {ENV_PREFIX + name.upper(): name for name in option_types}
+    unknown = [key for key in keys if key not in by_key]
+    if unknown:
+        raise ConfigurationError(_unknown_variables(unknown, described, sorted(by_key)))
+
+    from_env: dict[str, str] = {}
+    values: dict[str, object] = {}
+    for key in keys:
+        name = by_key[key]
+        raw = env[key].strip()
+        if name in explicit or not raw:  # an argument wins; a blank variable is unset
+            continue
+        option_type = option_types[name]
+        where = f"option {name} of health check server kind {kind!r}"
+        if option_type is None:
+            raise ConfigurationError(
+                f"{key} cannot be set from the environment: {where} is not a bool, int,"
+                " float or str"
+            )
+        values[name] = _parse(key, env[key], raw, option_type, where)
+        from_env[key] = env[key]
+    values.update(explicit)
+    if not from_env:
+        return factory(alive_callback, port, timeout, **values)
+    try:
+        return factory(alive_callback, port, timeout, **values)
+    except (TypeError, ValueError) as exc:
+        shown = ", ".join(f"{key}={value!r}" for key, value in from_env.items())
+        raise ConfigurationError(
+            f"{described} rejected its options from the environment ({shown}): {exc}"
+        ) from exc
+
+
+def _is_reserved(key: str) -> bool:
+    return any(
+        key == reserved or (reserved.endswith("_") and key.startswith(reserved))
+        for reserved in RESERVED_ENV
+    )
+
+
+def _entry_point_kinds() -> dict[str, str]:
+    # Scanning installed distributions costs milliseconds: only for names that are not
+    # built in, for available_kinds(), and for error messages.
+    from importlib.metadata import entry_points
+
+    kinds: dict[str, str] = {}
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        # "module:attr [extras]": extras mean nothing here.
+        target = "".join(entry_point.value.partition("[")[0].split())
+        kinds.setdefault(entry_point.name, target)
+    return kinds
+
+
+def _accepted() -> str:
+    names = ", ".join(available_kinds())
+    return f" (accepted: {names}, or package.module:ClassName)"
+
+
+def _load(target: str, where: str) -> type[HealthCheckServer]:
+    if _TARGET.fullmatch(target) is None:
+        raise ConfigurationError(
+            f"{where} is not of the form package.module:ClassName{_accepted()}"
+        )
+    module_name, _, qualname = target.partition(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except Exception as exc:  # whatever the module raises while importing
+        raise ConfigurationError(
+            f"{where} cannot be imported: {type(exc).__name__}: {exc}{_accepted()}"
+        ) from exc
+    for attribute in qualname.split("."):
+        try:
+            obj = getattr(obj, attribute)
+        except AttributeError as exc:
+            raise ConfigurationError(f"{where} cannot be loaded: {exc}{_accepted()}") from exc
+    if not (isinstance(obj, type) and issubclass(obj, HealthCheckServer)):
+        raise ConfigurationError(
+            f"{where} is not a HealthCheckServer subclass but {obj!r}{_accepted()}"
+        )
+    return obj
+
+
+def _options(cls: type[HealthCheckServer]) -> tuple[dict[str, type | None], bool]:
+    """The class's options -> the type its variable parses to, and whether it takes **kwargs.
+
+    The type is None for an option the environment cannot set.
+    """
+    import inspect
+
+    option_types: dict[str, type | None] = {}
+    takes_any = False
+    for parameter in inspect.signature(cls).parameters.values():
+        if parameter.kind is parameter.KEYWORD_ONLY:
+            option_types[parameter.name] = _option_type(
+                parameter.default, parameter.annotation, parameter.empty
+            )
+        elif parameter.kind is parameter.VAR_KEYWORD:
+            takes_any = True
+    return option_types, takes_any
+
+
+def _option_type(default: object, annotation: object, empty: object) -> type | None:
+    """The type of the default; for a default of None (or none), the annotation's, else str."""
+    declared = _declared_type(annotation)
+    if default is None or default is empty:
+        return declared or str
+    if type(default) is int and declared is float:
+        return float  # `interval: float = 1`: an int is a valid float (PEP 484)
+    return type(default) if type(default) in _EXPECTED else None
+
+
+def _declared_type(annotation: object) -> type | None:
+    """bool, int, float or str when the annotation names just that one (or it | None)."""
+    members: list[object]
+    if isinstance(annotation, str):  # under `from __future__ import annotations`
+        words = {word.rpartition(".")[2] for word in re.split(r"[\s|\[\],]+", annotation)}
+        members = [_SIMPLE_TYPES.get(word) for word in words - {"", "None", "Optional"}]
+    else:
+        import types
+        import typing
+
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        else:
+            members = [annotation]
+    if len(members) == 1 and members[0] in _EXPECTED:
+        member = members[0]
+        assert isinstance(member, type)
+        return member
+    return None
+
+
+def _parse(key: str, value: str, raw: str, option_type: type, where: str) -> object:
+    try:
+        if option_type is bool:
+            return _BOOLS[raw.lower()]
+        return option_type(raw)
+    except (KeyError, ValueError):
+        raise ConfigurationError(
+            f"{key}={value!r} is not {_EXPECTED[option_type]} ({where})"
+        ) from None
+
+
+def _unknown_variables(unknown: list[str], described: str, known: list[str]) -> str:
+    names = ", ".join(unknown)
+    verb = "is not an option" if len(unknown) == 1 else "are not options"
+    reserved = ", ".join(r + "*" if r.endswith("_") else r for r in RESERVED_ENV)
+    if known:
+        takes = f"its options are {', '.join(known)}"
+    else:
+        takes = "it takes none"
+    message = f"{names} {verb} of {described}; {takes}"
+    if not known:
+        message += f"; choose a kind with {ENV_SERVER}{_accepted()}"
+    return f"{message}. Reserved for other parts: {reserved}"
