@@ -121,15 +121,104 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "-q", "--quiet", action="store_true", help="print nothing; the exit status says it all"
     )
+
+    torchrun = commands.add_parser(
+        "torchrun",
+        help="torchrun, with a real health-check server for its elastic agent",
+        allow_abbrev=False,
+        usage=f"{PROG} torchrun [--health-port PORT] [--health-host HOST] [--health-kind KIND] "
+        "[--health-timeout SECONDS] TORCHRUN_ARGUMENTS ...",
+        description=(
+            "Run torchrun with its arguments as given, exit codes and signals included, while "
+            "its elastic agent serves health checks on one listener kept across restarts "
+            "(see elastic_healthcheck.torchelastic). The --health-* options come first; "
+            "everything after them goes to torchrun (see torchrun --help). Workers report "
+            "progress with elastic_healthcheck.worker.beat()."
+        ),
+    )
+    _add_torchrun_options(torchrun)
     return parser
+
+
+def _add_torchrun_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--health-port",
+        type=_port,
+        metavar="PORT",
+        help="serve on this port (sets TORCHELASTIC_HEALTH_CHECK_PORT; default: that variable)",
+    )
+    parser.add_argument(
+        "--health-host", metavar="HOST", help="address to listen on (default: every interface)"
+    )
+    parser.add_argument("--health-kind", metavar="KIND", help="server kind (default: http)")
+    parser.add_argument(
+        "--health-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="seconds without progress before dead (default: the 60 torch passes)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["torchrun"]:
+        return _torchrun(arguments[1:])
+    args = build_parser().parse_args(arguments)
     if args.command == "probe":
         return _probe(args)
     return _serve(args)
+
+
+_TORCHRUN_OPTIONS = ("--health-port", "--health-host", "--health-kind", "--health-timeout")
+
+
+def _torchrun(arguments: list[str]) -> int:
+    """Our --health-* options (first), then torchrun with everything else, verbatim."""
+    ours: list[str] = []
+    rest = arguments
+    while rest:
+        option = rest[0].split("=", 1)[0]
+        if rest[0] in ("-h", "--help") and not ours:
+            build_parser().parse_args(["torchrun", "--help"])
+        if option not in _TORCHRUN_OPTIONS:
+            break
+        take = 1 if "=" in rest[0] else 2
+        ours, rest = ours + rest[:take], rest[take:]
+    parser = _Parser(prog=f"{PROG} torchrun", allow_abbrev=False)
+    _add_torchrun_options(parser)
+    options = parser.parse_args(ours)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+
+    from . import torchelastic
+
+    server_options: dict[str, object] = {}
+    if options.health_host is not None:
+        server_options["host"] = options.health_host
+    try:
+        integration = torchelastic.install(
+            kind=options.health_kind,
+            port=options.health_port,
+            timeout=options.health_timeout,
+            **server_options,
+        )
+    except ImportError as exc:  # no torch: the message names the extra to install
+        print(f"{PROG} torchrun: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"{PROG} torchrun: error: {exc}", file=sys.stderr)
+        return 2
+    with integration:
+        server = integration.server
+        if server is not None:
+            where = getattr(server, "url", None) or f"port {getattr(server, 'port', '?')}"
+            print(f"{PROG}: health checks for the elastic agent on {where}", file=sys.stderr)
+        from torch.distributed import run as torch_run
+
+        # torchrun's own main, so arguments, exit codes and signals are exactly its own.
+        torch_run.main(rest)
+    return 0
 
 
 def _probe(args: argparse.Namespace) -> int:

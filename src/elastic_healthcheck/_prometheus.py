@@ -71,8 +71,30 @@ def render_metrics(status: HealthStatus, probes: Mapping[Verdict, int]) -> bytes
         "Health probes answered, by verdict.",
         [(f'{{verdict="{v.value}"}}', float(probes.get(v, 0))) for v in Verdict],
     )
+    detail = status.detail or {}
+    phase = detail.get("phase")
+    if isinstance(phase, str):
+        family(
+            "agent_phase",
+            "gauge",
+            "What the elastic agent is doing: 1 for the current phase.",
+            [(f'{{phase="{_label(phase)}"}}', 1.0)],
+        )
+    ranks = detail.get("ranks")
+    if isinstance(ranks, Mapping) and ranks:
+        family(
+            "rank_progress_age_seconds",
+            "gauge",
+            "Seconds since each local rank's last beat().",
+            [(f'{{local_rank="{_label(str(rank))}"}}', float(age)) for rank, age in ranks.items()],
+        )
     lines.append("")
     return "\n".join(lines).encode("utf-8")
+
+
+def _label(value: str) -> str:
+    """A label value, escaped as the format requires: backslash, double quote, newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _or_nan(value: float | None) -> float:

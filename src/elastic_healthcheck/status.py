@@ -27,7 +27,7 @@ import enum
 import math
 import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = ["MAX_FUTURE_SKEW", "HealthStatus", "Verdict", "check_liveness", "evaluate"]
 
@@ -58,17 +58,20 @@ class HealthStatus:
         age: Seconds since ``last_progress`` (0 when slightly in the future), or ``None``.
         reason: Why the verdict is ``unknown`` (a short phrase, never a traceback);
             ``None`` otherwise.
+        detail: What a richer source adds (JSON-ready data, e.g. the agent's phase and
+            each rank's age in the torch integration), or ``None``.
     """
 
     # A hand-written value class rather than a dataclass: importing dataclasses (and the
     # inspect module it pulls in) would double what `import elastic_healthcheck` costs.
-    __slots__ = ("verdict", "timeout", "last_progress", "age", "reason")
+    __slots__ = ("verdict", "timeout", "last_progress", "age", "reason", "detail")
 
     verdict: Verdict
     timeout: float
     last_progress: float | None
     age: float | None
     reason: str | None
+    detail: Mapping[str, object] | None
 
     def __init__(
         self,
@@ -77,10 +80,10 @@ class HealthStatus:
         last_progress: float | None = None,
         age: float | None = None,
         reason: str | None = None,
+        detail: Mapping[str, object] | None = None,
     ) -> None:
-        for name, value in zip(
-            self.__slots__, (verdict, timeout, last_progress, age, reason), strict=True
-        ):
+        values = (verdict, timeout, last_progress, age, reason, detail)
+        for name, value in zip(self.__slots__, values, strict=True):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -90,7 +93,7 @@ class HealthStatus:
         raise AttributeError(f"HealthStatus is immutable; cannot delete {name!r}")
 
     def _fields(self) -> tuple[object, ...]:
-        return (self.verdict, self.timeout, self.last_progress, self.age, self.reason)
+        return (self.verdict, self.timeout, self.last_progress, self.age, self.reason, self.detail)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not HealthStatus:
@@ -98,7 +101,7 @@ class HealthStatus:
         return self._fields() == other._fields()
 
     def __hash__(self) -> int:
-        return hash(self._fields())
+        return hash(self._fields()[:5])  # detail may hold dicts; equal values share the rest
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -116,15 +119,24 @@ class HealthStatus:
         """An ``unknown`` verdict with the given reason."""
         return cls(Verdict.UNKNOWN, timeout, reason=reason)
 
+    def with_detail(self, detail: Mapping[str, object] | None) -> HealthStatus:
+        """The same verdict with ``detail`` attached."""
+        return HealthStatus(
+            self.verdict, self.timeout, self.last_progress, self.age, self.reason, detail
+        )
+
     def to_dict(self) -> dict[str, object]:
-        """The status as JSON-ready data: status, last_progress, age, timeout, reason."""
-        return {
+        """JSON-ready data: status, last_progress, age, timeout, reason (and detail, if any)."""
+        data: dict[str, object] = {
             "status": self.verdict.value,
             "last_progress": self.last_progress,
             "age": self.age,
             "timeout": self.timeout,
             "reason": self.reason,
         }
+        if self.detail is not None:
+            data["detail"] = dict(self.detail)
+        return data
 
 
 def evaluate(last_progress: object, timeout: float, now: float) -> HealthStatus:

@@ -1,0 +1,131 @@
+"""install() against the real torch objects, without launching workers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+
+import pytest
+from torch.distributed.elastic.agent.server import api, local_elastic_agent
+
+from elastic_healthcheck import HealthCheckServer, torchelastic
+
+from ..servers.client import request
+
+PATCHED = [
+    (local_elastic_agent, "create_healthcheck_server"),
+    (api.SimpleElasticAgent, "run"),
+    (api.SimpleElasticAgent, "_rendezvous"),
+    (local_elastic_agent.LocalElasticAgent, "_start_workers"),
+    (local_elastic_agent.LocalElasticAgent, "_stop_workers"),
+    (api.SimpleElasticAgent, "_exit_barrier"),
+]
+
+
+@pytest.fixture
+def integration():
+    installed = torchelastic.install(port=0, host="127.0.0.1", timeout=5)
+    yield installed
+    installed.uninstall()
+
+
+def test_install_patches_and_uninstall_restores_torch():
+    originals = [getattr(owner, name) for owner, name in PATCHED]
+    with torchelastic.install(host="127.0.0.1"):
+        assert all(getattr(o, n) is not f for (o, n), f in zip(PATCHED, originals, strict=True))
+    assert [getattr(owner, name) for owner, name in PATCHED] == originals
+
+
+def test_install_twice_is_refused(integration):
+    with pytest.raises(RuntimeError, match="installed already"):
+        torchelastic.install()
+
+
+def test_listens_at_install_and_answers_starting(integration):
+    server = integration.server
+    assert server is not None and server.is_running
+    response = request(server.port)
+    assert response.status == 200
+    assert json.loads(response.body)["detail"] == {"phase": "starting"}
+
+
+def test_the_agent_factory_returns_a_view_of_the_one_server(integration):
+    factory = local_elastic_agent.create_healthcheck_server
+    server = integration.server
+    for _ in range(3):  # the agent's stop/create/start cycle at every restart
+        handle = factory(alive_callback=lambda: int(time.time()), port=server.port, timeout=60)
+        assert isinstance(handle, HealthCheckServer)
+        handle.start()
+        assert request(server.port).status == 200
+        handle.stop()
+        assert integration.server is server and server.is_running
+        assert request(server.port).status == 200
+
+
+def test_running_follows_the_agent_callback(integration):
+    handle = local_elastic_agent.create_healthcheck_server(
+        alive_callback=lambda: int(time.time()) - 3600, port=integration.server.port, timeout=60
+    )
+    handle.start()
+    integration._set_phase("running")
+    status = integration.health_status()
+    assert status.verdict == "dead"
+    assert status.detail == {"phase": "running", "ranks": {}}
+    handle.stop()
+    assert integration.health_status().alive  # detached: the agent is between groups
+
+
+def test_slowest_rank_decides_once_ranks_beat(integration, tmp_path):
+    handle = local_elastic_agent.create_healthcheck_server(
+        alive_callback=lambda: int(time.time()), port=integration.server.port, timeout=60
+    )
+    handle.start()
+    integration._set_phase("running")
+    now = time.time()
+    for rank, age in [("0", 1.0), ("1", 9.0)]:
+        path = f"{integration.rank_dir}/rank-{rank}"
+        open(path, "w").close()
+
+        os.utime(path, (now - age, now - age))
+    status = integration._state.status(now=now)
+    assert status.verdict == "dead"  # timeout=5, rank 1 is 9 s behind
+    assert status.detail["slowest_rank"] == "1"
+    assert status.detail["ranks"] == {"0": 1.0, "1": 9.0}
+    handle.stop()
+
+
+def test_uninstall_frees_the_port_and_removes_the_rank_dir():
+    integration = torchelastic.install(port=0, host="127.0.0.1")
+    port, rank_dir = integration.server.port, integration.rank_dir
+    integration.uninstall()
+    integration.uninstall()  # idempotent
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+    assert not os.path.exists(rank_dir)
+    assert "ELASTIC_HEALTHCHECK_WORKER_DIR" not in os.environ
+
+
+def test_port_in_use_is_logged_and_not_raised(caplog):
+    caplog.set_level(logging.ERROR, logger="elastic_healthcheck.torchelastic")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with torchelastic.install(port=port, host="127.0.0.1") as integration:
+            assert integration.server is None
+            handle = local_elastic_agent.create_healthcheck_server(
+                alive_callback=lambda: 0, port=port, timeout=60
+            )
+            handle.start()  # the agent's start(): must not raise either
+            handle.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all(f"127.0.0.1:{port}" in e for e in errors)
+    assert "training goes on" in errors[0]
+
+
+def test_bad_timeout_variable_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT='soon'"):
+        torchelastic.install()
