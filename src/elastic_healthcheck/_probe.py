@@ -114,11 +114,11 @@ def parse_target(text: str) -> Target:
             raise TargetError(f"{text!r}: expected [ipv6-address]:port")
         port_text = port_text[1:]
     else:
-        host, _, port_text = authority.rpartition(":")
+        host, colon, port_text = authority.rpartition(":")
+        if not colon:
+            host, port_text = authority, ""
         if ":" in host:
             raise TargetError(f"{text!r}: put an IPv6 address in brackets: [{authority}]")
-        if not host:
-            host, port_text = authority, ""
     if not host:
         raise TargetError(f"{text!r}: no host")
     if not port_text:
