@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from http import HTTPStatus
 
 from ._httpwire import (
@@ -20,9 +19,6 @@ from ._httpwire import (
 from ._prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._prometheus import render_metrics
 from ._server import (
-    DEFAULT_CALLBACK_TIMEOUT,
-    DEFAULT_CLIENT_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
     READING,
     Connection,
     SocketHealthCheckServer,
@@ -71,32 +67,14 @@ class HTTPHealthCheckServer(SocketHealthCheckServer):
 
     _kind = "http"
 
-    def __init__(
-        self,
-        alive_callback: Callable[[], int],
-        port: int,
-        timeout: int,
-        *,
-        host: str | None = None,
-        callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
-        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    ) -> None:
-        super().__init__(
-            alive_callback,
-            port,
-            timeout,
-            host=host,
-            callback_timeout=callback_timeout,
-            client_timeout=client_timeout,
-            max_connections=max_connections,
-        )
-        self._date = (0, "")
-        self._rendered: tuple[HealthStatus | None, int, dict[tuple[bool, str | None], bytes]] = (
-            None,
-            0,
-            {},
-        )
+    # The Date value of the current second, and the /healthz responses rendered for the
+    # current verdict in the current second (replaced whole, never mutated in place).
+    _date: tuple[int, str] = (0, "")
+    _rendered: tuple[HealthStatus | None, int, dict[tuple[bool, str | None], bytes]] = (
+        None,
+        0,
+        {},
+    )
 
     @property
     def url(self) -> str:
