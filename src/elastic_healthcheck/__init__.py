@@ -10,9 +10,12 @@ __version__ = "0.1.0"
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from ._http import HTTPHealthCheckServer as HTTPHealthCheckServer
+    from ._kinds import ConfigurationError as ConfigurationError
+    from ._kinds import available_kinds as available_kinds
     from ._progress import HeartbeatFile as HeartbeatFile
     from ._progress import HeartbeatFileReader as HeartbeatFileReader
     from ._progress import ProgressTracker as ProgressTracker
+    from ._tcp import TCPHealthCheckServer as TCPHealthCheckServer
     from .health_check_server import HealthCheckServer as HealthCheckServer
     from .health_check_server import create_healthcheck_server as create_healthcheck_server
     from .log_level import get_log_level as get_log_level
@@ -25,14 +28,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_FUTURE_SKEW",
+    "ConfigurationError",
     "HTTPHealthCheckServer",
     "HealthCheckServer",
     "HealthStatus",
     "HeartbeatFile",
     "HeartbeatFileReader",
     "ProgressTracker",
+    "TCPHealthCheckServer",
     "Verdict",
     "__version__",
+    "available_kinds",
     "check_liveness",
     "create_healthcheck_server",
     "evaluate",
@@ -43,6 +49,9 @@ __all__ = [
 # Public name -> the module that defines it.
 _LAZY = {
     "HTTPHealthCheckServer": "._http",
+    "TCPHealthCheckServer": "._tcp",
+    "ConfigurationError": "._kinds",
+    "available_kinds": "._kinds",
     "HeartbeatFile": "._progress",
     "HeartbeatFileReader": "._progress",
     "ProgressTracker": "._progress",

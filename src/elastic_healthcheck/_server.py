@@ -11,7 +11,15 @@ answer, share that answer. The loop sleeps in
 ``select()`` with no timeout unless a deadline is pending, so an idle server never wakes.
 
 Subclasses speak a protocol through four hooks: :meth:`_on_connect`, :meth:`_on_input`,
-:meth:`_on_status` and (optionally) :meth:`_observe`.
+:meth:`_on_status` and (optionally) :meth:`_observe`; :meth:`_on_start` runs once on the
+I/O thread before the first turn of the loop.
+
+A protocol may also close its port while the verdict is bad, for probers that only look
+at whether a connection is accepted: :meth:`_pause_listening` closes the listening
+sockets (the port is remembered), :meth:`_resume_listening` binds the same addresses
+again. While the port is closed no client can ask for a verdict, so the protocol asks
+for one itself with :meth:`_recheck_after`: the only deadline not tied to a connection,
+armed only while the protocol needs it, so an idle server that listens still never wakes.
 """
 
 from __future__ import annotations
@@ -74,6 +82,16 @@ JOIN_TIMEOUT = 5.0
 # Accepts per wake-up, so a flood of connections cannot starve the ones already open.
 ACCEPTS_PER_TURN = 64
 
+# Bytes read from a client ahead of its answers (pipelined requests not parsed yet). A
+# prober sends one request of ~150 bytes. At this mark we stop reading that client until
+# half of it is answered, and TCP flow control holds the rest on the client's side:
+# bounded memory per connection, and nothing lost.
+MAX_BUFFERED_INPUT = 64 * 1024
+
+# Pipelined requests parsed per turn of the loop, over all connections, so that one
+# client's backlog cannot starve the others.
+PIPELINED_PER_TURN = 64
+
 # Seconds to stop accepting after accept() fails for want of resources (EMFILE, ...).
 ACCEPT_PAUSE = 0.1
 
@@ -110,6 +128,8 @@ class Connection:
         "request",
         "keep_alive",
         "linger",
+        "discard_input",
+        "throttled",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -125,6 +145,12 @@ class Connection:
         # Close gracefully (half-close, drain, then close) rather than at once: set when
         # the client may have sent bytes we will not read.
         self.linger = False
+        # The protocol reads nothing: bytes are dropped as they arrive (and set `linger`),
+        # so nothing a client sends is buffered; and an end of input while WAITING is a
+        # half-close, not a hang-up: the client still gets its answer.
+        self.discard_input = False
+        # Not read from (unregistered) until its buffered input is answered.
+        self.throttled = False
 
 
 class SocketHealthCheckServer(HealthCheckServer):
@@ -199,10 +225,15 @@ class SocketHealthCheckServer(HealthCheckServer):
         self._connections: dict[int, Connection] = {}
         self._timers: dict[float, dict[Connection, float]] = {}
         self._waiting: list[Connection] = []
+        self._pipelined: deque[Connection] = deque()  # READING, with input left to parse
         self._evaluating = False
         self._recent: HealthStatus | None = None  # the callback's last verdict...
         self._recent_at = 0.0  # ...and when it arrived (time.monotonic())
         self._accepting_at: float | None = None  # set while accepting is paused
+        # While listening is paused: what to bind again, as (family, address, dualstack).
+        self._unbound: list[tuple[int, tuple[object, ...], bool]] | None = None
+        self._rebind_failing = False  # a re-bind failed; logged once per streak
+        self._recheck_at: float | None = None  # when to ask for a verdict unprompted
         self._last_verdict: Verdict | None = None
         self._probes: dict[Verdict, int] = dict.fromkeys(Verdict, 0)
 
@@ -222,8 +253,14 @@ class SocketHealthCheckServer(HealthCheckServer):
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """Every (host, port) listened on; empty when not started."""
-        return [_host_port(s.getsockname()) for s in self._listeners]
+        """Every (host, port) listened on; empty when not started or not listening."""
+        addresses = []
+        for sock in self._listeners:
+            try:
+                addresses.append(_host_port(sock.getsockname()))
+            except OSError:
+                pass  # closed by the I/O thread a moment ago (listening paused)
+        return addresses
 
     @property
     def is_running(self) -> bool:
@@ -250,7 +287,8 @@ class SocketHealthCheckServer(HealthCheckServer):
                 self._close_sockets(listeners)
                 raise
             _running.add(self)
-        log.info("Serving %s health checks on %s", self._kind, self._describe())
+            announced = self._announced
+        log.info("Serving %s health checks on %s", self._kind, announced)
 
     def stop(self) -> None:
         """Stop serving and free the port. Idempotent, and safe before :meth:`start`.
@@ -292,6 +330,9 @@ class SocketHealthCheckServer(HealthCheckServer):
         return f"<{type(self).__name__} {state}>"
 
     # -- hooks for protocols ---------------------------------------------------------
+
+    def _on_start(self) -> None:
+        """The loop is about to run, on the I/O thread. Default: nothing."""
 
     def _on_connect(self, conn: Connection) -> None:
         """A client connected. Default: wait for a request within client_timeout."""
@@ -343,10 +384,101 @@ class SocketHealthCheckServer(HealthCheckServer):
         conn.request = request
         self._arm(conn, self._callback_timeout)
         self._waiting.append(conn)
+        self._request_evaluation()
+
+    def _request_evaluation(self) -> None:
+        """Have the callback called, unless a call is already under way (its answer will do)."""
         if not self._evaluating:
             self._evaluating = True
             assert self._evaluator is not None
             self._evaluator.request()
+
+    def _recheck_after(self, delay: float | None) -> None:
+        """Ask for a verdict in ``delay`` seconds though no client asks; ``None`` cancels.
+
+        The verdict reaches :meth:`_observe` like any other. One recheck is pending at a
+        time; a new call replaces it. A recheck that comes due while the callback is
+        still running waits for that call's answer instead of queueing another, so a hung
+        callback is called no more often and the loop sleeps until it returns.
+        """
+        self._recheck_at = None if delay is None else time.monotonic() + delay
+
+    @property
+    def _listening(self) -> bool:
+        """``False`` while :meth:`_pause_listening` has the port closed."""
+        return self._unbound is None
+
+    def _pause_listening(self) -> None:
+        """Close the listening sockets, so that new connections are refused.
+
+        Open connections are served as usual. The bound addresses are remembered:
+        :attr:`port` keeps its value and :meth:`_resume_listening` binds them again.
+        Not the EMFILE back-off (:meth:`_pause_accepting`), which keeps the sockets open.
+        Call it on the I/O thread; it does nothing if listening is paused already.
+        """
+        if self._unbound is not None:
+            return
+        unbound: list[tuple[int, tuple[object, ...], bool]] = []
+        for listener in self._listeners:
+            dualstack = False
+            if listener.family == socket.AF_INET6:
+                v6only = listener.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+                dualstack = v6only == 0
+            unbound.append((listener.family, tuple(listener.getsockname()), dualstack))
+        described = self._describe()
+        if self._accepting_at is None and self._selector is not None:
+            for listener in self._listeners:
+                self._selector.unregister(listener)
+        self._accepting_at = None
+        # Paused before closed, so that whoever sees a refusal also sees the pause.
+        self._unbound = unbound
+        listeners, self._listeners = self._listeners, []
+        self._close_sockets(listeners)
+        log.info("Stopped listening for %s health checks on %s", self._kind, described)
+
+    def _resume_listening(self) -> bool:
+        """Bind again what :meth:`_pause_listening` closed, on the same port(s).
+
+        Returns:
+            ``True`` if listening (again, or still); ``False`` if an address cannot be
+            bound (another socket took the port, say). A failure is logged once as an
+            error naming host and port, until a later call succeeds; the caller retries.
+        """
+        unbound = self._unbound
+        if unbound is None:
+            return True
+        listeners: list[socket.socket] = []
+        try:
+            for family, address, dualstack in unbound:
+                try:
+                    listeners.append(_listen(address, family, dualstack))
+                except OSError as exc:
+                    raise _bind_error(exc, str(address[0]), _as_int(address[1])) from None
+            assert self._selector is not None
+            for listener in listeners:
+                self._selector.register(listener, selectors.EVENT_READ, None)
+        except Exception as exc:  # never let a failed re-bind end the loop
+            if self._selector is not None:
+                for listener in listeners:
+                    try:
+                        self._selector.unregister(listener)
+                    except (KeyError, ValueError):
+                        pass
+            self._close_sockets(listeners)
+            if not self._rebind_failing:
+                self._rebind_failing = True
+                log.error(
+                    "Cannot listen again for %s health checks: %s",
+                    self._kind,
+                    exc.strerror if isinstance(exc, OSError) and exc.strerror else exc,
+                    exc_info=not isinstance(exc, OSError),
+                )
+            return False
+        self._listeners = listeners
+        self._unbound = None
+        self._rebind_failing = False
+        log.info("Listening again for %s health checks on %s", self._kind, self._describe())
+        return True
 
     def _count_probe(self, verdict: Verdict) -> None:
         self._probes[verdict] += 1
@@ -393,9 +525,13 @@ class SocketHealthCheckServer(HealthCheckServer):
         self._connections.clear()
         self._timers.clear()
         self._waiting.clear()
+        self._pipelined.clear()
         self._evaluating = False
         self._recent = None
         self._accepting_at = None
+        self._unbound = None
+        self._rebind_failing = False
+        self._recheck_at = None
         self._listeners = listeners
         self._address = _host_port(listeners[0].getsockname())
         self._waker_r, self._waker_w = socket.socketpair()
@@ -407,11 +543,12 @@ class SocketHealthCheckServer(HealthCheckServer):
         self._selector.register(self._waker_r, selectors.EVENT_READ, None)
         self._evaluator = _Evaluator(self._evaluate, self._wake_if_selecting)
         self._evaluator.start(f"elastic-healthcheck-callback:{self.port}")
+        # Described before the loop runs: from then on it owns the listeners.
+        self._announced = self._describe()
         self._thread = threading.Thread(
             target=self._run, name=f"elastic-healthcheck-{self._kind}:{self.port}", daemon=True
         )
         self._thread.start()
-        self._announced = self._describe()
 
     def _describe(self) -> str:
         return ", ".join(_display(host, port) for host, port in self.addresses) or _display(
@@ -444,9 +581,9 @@ class SocketHealthCheckServer(HealthCheckServer):
     def _run(self) -> None:
         selector = self._selector
         assert selector is not None
-        listeners = set(self._listeners)
         waker = self._waker_r
         try:
+            self._on_start()
             while not self._stopping:
                 timeout = self._next_timeout()
                 # The evaluator writes to the waker only while we sleep in select(): set
@@ -460,11 +597,13 @@ class SocketHealthCheckServer(HealthCheckServer):
                     sock = key.fileobj
                     if sock is waker:
                         self._drain_waker()
-                    elif sock in listeners:
-                        self._accept(sock)
+                    elif key.data is None:  # a listener (the only other key without one)
+                        if sock in self._listeners:  # not closed earlier in this turn
+                            self._accept(sock)
                     else:
                         self._dispatch(key.data, events)
                 self._take_result()
+                self._parse_pipelined()
                 self._expire(time.monotonic())
         except BaseException:  # pragma: no cover - a bug; keep the evidence
             log.exception("Health check server loop crashed")
@@ -476,15 +615,25 @@ class SocketHealthCheckServer(HealthCheckServer):
             self._selector = None
 
     def _dispatch(self, conn: Connection, events: int) -> None:
+        if events & selectors.EVENT_WRITE and conn.state == WRITING:
+            self._guarded(self._flush, conn)
+        elif events & selectors.EVENT_READ:
+            self._guarded(self._read, conn)
+
+    def _guarded(self, step: Callable[[Connection], None], conn: Connection) -> None:
+        """Run one step for one client; whatever goes wrong, only that client pays."""
         try:
-            if events & selectors.EVENT_WRITE and conn.state == WRITING:
-                self._flush(conn)
-            elif events & selectors.EVENT_READ:
-                self._read(conn)
+            step(conn)
         except Exception:
             # Nothing a client sends may kill the loop: drop that client, keep serving.
             log.exception("Error serving a health check client; closing its connection")
             self._close(conn)
+
+    def _parse_pipelined(self) -> None:
+        for _ in range(min(len(self._pipelined), PIPELINED_PER_TURN)):
+            conn = self._pipelined.popleft()
+            if conn.state == READING and conn.inbuf:
+                self._guarded(self._on_input, conn)
 
     def _drain_waker(self) -> None:
         assert self._waker_r is not None
@@ -509,7 +658,7 @@ class SocketHealthCheckServer(HealthCheckServer):
             if conn.state != WAITING:
                 continue
             if wanted(conn):
-                self._on_status(conn, status)
+                self._guarded(lambda c: self._on_status(c, status), conn)
             else:
                 keep.append(conn)
         self._waiting = keep
@@ -541,11 +690,11 @@ class SocketHealthCheckServer(HealthCheckServer):
             self._connections[sock.fileno()] = conn
             assert self._selector is not None
             self._selector.register(sock, selectors.EVENT_READ, conn)
-            self._on_connect(conn)
+            self._guarded(self._on_connect, conn)
             if conn.state == READING:
                 # Probers send the request with the handshake's ACK: read it now and
                 # save a trip through select().
-                self._read(conn)
+                self._guarded(self._read, conn)
 
     def _pause_accepting(self) -> None:
         assert self._selector is not None
@@ -574,17 +723,33 @@ class SocketHealthCheckServer(HealthCheckServer):
         return False
 
     def _read(self, conn: Connection) -> None:
+        room = MAX_BUFFERED_INPUT - len(conn.inbuf)
+        if room <= 0 and not conn.discard_input and conn.state != LINGERING:
+            assert self._selector is not None
+            self._selector.unregister(conn.sock)  # _sent() resumes it
+            conn.throttled = True
+            return
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            data = conn.sock.recv(RECV_SIZE if room <= 0 else min(RECV_SIZE, room))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close(conn)
             return
         if not data:
+            if conn.discard_input and conn.state == WAITING:
+                # A half-close (ncat does one at the end of its input): the client still
+                # wants the answer. Everything it sent is read, so no RST can follow.
+                conn.linger = False
+                assert self._selector is not None
+                self._selector.unregister(conn.sock)
+                return
             self._close(conn)
             return
         if conn.state == LINGERING:
+            return
+        if conn.discard_input:
+            conn.linger = True  # unread input would turn our close into a RST
             return
         conn.inbuf += data
         if conn.state == READING:
@@ -610,12 +775,21 @@ class SocketHealthCheckServer(HealthCheckServer):
         conn.state = READING
         conn.request = None
         self._arm(conn, self._client_timeout)
+        if conn.throttled and len(conn.inbuf) <= MAX_BUFFERED_INPUT // 2:
+            conn.throttled = False
+            self._modify(conn, selectors.EVENT_READ)
         if conn.inbuf:
-            self._on_input(conn)  # a pipelined request is already here
+            # A pipelined request is already here. Parse it from the loop, not from
+            # here: answering it may end up here again, and a long pipeline must not
+            # become deep recursion.
+            self._pipelined.append(conn)
 
     def _modify(self, conn: Connection, events: int) -> None:
         assert self._selector is not None
-        self._selector.modify(conn.sock, events, conn)
+        try:
+            self._selector.modify(conn.sock, events, conn)
+        except KeyError:  # unregistered at a half-close (see _read)
+            self._selector.register(conn.sock, events, conn)
 
     def _close(self, conn: Connection) -> None:
         if conn.timer is not None:
@@ -647,7 +821,11 @@ class SocketHealthCheckServer(HealthCheckServer):
         conn.timer = timer
 
     def _next_timeout(self) -> float | None:
+        if self._pipelined:
+            return 0.0  # more pipelined requests to parse: just look for I/O, then go on
         earliest = math.inf if self._accepting_at is None else self._accepting_at
+        if self._recheck_at is not None:
+            earliest = min(earliest, self._recheck_at)
         for timer in self._timers.values():
             for deadline in timer.values():
                 earliest = min(earliest, deadline)
@@ -659,6 +837,9 @@ class SocketHealthCheckServer(HealthCheckServer):
     def _expire(self, now: float) -> None:
         if self._accepting_at is not None and now >= self._accepting_at:
             self._resume_accepting()
+        if self._recheck_at is not None and now >= self._recheck_at:
+            self._recheck_at = None
+            self._request_evaluation()
         late: list[Connection] = []
         for timer in self._timers.values():
             for conn, deadline in timer.items():

@@ -254,15 +254,19 @@ def test_forked_child_does_not_keep_the_listening_socket(server_factory):
     server.start()
     port = server.port
     read_end, write_end = os.pipe()
+    ready_r, ready_w = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: on purpose
         pid = os.fork()
-    if pid == 0:  # the child: hold on until the parent is done
+    if pid == 0:  # the child: say it runs (its fork handlers are done), then hold on
         os.close(write_end)
+        os.write(ready_w, b"!")
         os.read(read_end, 1)
         os._exit(0)
     os.close(read_end)
+    os.close(ready_w)
     try:
+        assert os.read(ready_r, 1) == b"!"
         server.stop()
         with pytest.raises(ConnectionRefusedError):
             request(port, timeout=1)  # nobody, not even the child, is listening
@@ -270,5 +274,6 @@ def test_forked_child_does_not_keep_the_listening_socket(server_factory):
         again.start()  # the same port, while the child lives
         assert request(port).status == 200
     finally:
+        os.close(ready_r)
         os.close(write_end)
         os.waitpid(pid, 0)

@@ -308,22 +308,40 @@ def test_many_probes_share_one_slow_callback_call(server_factory):
             sock.close()
 
 
-def _voluntary_switches(native_id: int) -> int:
-    status = Path(f"/proc/self/task/{native_id}/status").read_text()
-    return int(
-        next(x for x in status.splitlines() if x.startswith("voluntary_ctxt_switches")).split()[1]
+def _thread_status(native_id: int) -> tuple[str, int]:
+    """(scheduler state, voluntary context switches) of one thread of this process."""
+    fields = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/self/task/{native_id}/status").read_text().splitlines()
     )
+    return fields["State"].split()[0], int(fields["voluntary_ctxt_switches"])
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_idle_server_never_wakes_up(server):
-    """No poll interval, no timer: an idle I/O thread stays asleep in select()."""
+    """No poll interval, no timer: an idle server's threads stay asleep."""
     request(server.port)
-    thread = server._thread
+    threads = [server._thread.native_id, server._evaluator._thread.native_id]
     wait_for(lambda: not server._connections)
-    before = _voluntary_switches(thread.native_id)
+    wait_for(lambda: all(_thread_status(t)[0] == "S" for t in threads))
+    before = [_thread_status(t) for t in threads]
     time.sleep(0.5)  # what is measured is that nothing happens while time passes
-    assert _voluntary_switches(thread.native_id) == before
+    assert [_thread_status(t) for t in threads] == before
+
+
+def test_a_long_pipeline_is_answered_in_full_with_bounded_buffers(server):
+    """20,000 pipelined requests (~680 KB): no recursion, no loss, input read as answered."""
+    one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    count = 20_000
+    with connect(server.port, timeout=30) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(one * count,))
+        sender.start()
+        reader = ResponseReader(sock)
+        statuses = [reader.read().status for _ in range(count)]
+        sender.join(30)
+    assert statuses == [200] * count
+    assert server.is_running and server._thread.is_alive()
+    assert request(server.port).status == 200
 
 
 def test_client_that_never_reads_cannot_block_others(server_factory):

@@ -1,0 +1,213 @@
+"""The TCP health-check server: one status line per connection, then close."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ._server import (
+    DEFAULT_CALLBACK_TIMEOUT,
+    DEFAULT_CLIENT_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    RECV_SIZE,
+    Connection,
+    SocketHealthCheckServer,
+    _positive,
+)
+from .status import HealthStatus, Verdict
+
+__all__ = ["TCPHealthCheckServer"]
+
+# Seconds between verdicts while the port is closed (refuse_while_dead): how soon a
+# recovered agent is reachable again, at the cost of one callback call each time.
+# kubelet probes every 10 s by default (periodSeconds), Consul's TCP checks are configured
+# in seconds too, so 1 s adds little to what a prober notices anyway.
+DEFAULT_RECHECK_INTERVAL = 1.0
+
+# Characters of an ``unknown`` reason at most, so the line stays one small segment
+# (kubelet reads 10 KiB, Consul and Docker keep 4 KB of output; ours are a few dozen).
+MAX_REASON = 200
+
+# C0 controls and DEL become spaces: the reason must never end or split the line.
+_CONTROLS = {code: " " for code in [*range(32), 127]}
+
+
+def status_line(status: HealthStatus) -> bytes:
+    """The line :class:`TCPHealthCheckServer` writes for ``status``.
+
+    >>> status_line(HealthStatus(Verdict.ALIVE, 60.0, last_progress=0.0, age=3.04))
+    b'alive age=3.0 timeout=60\\n'
+    >>> status_line(HealthStatus.unknown(60.0, "callback raised KeyError"))
+    b'unknown timeout=60 reason=callback raised KeyError\\n'
+
+    Args:
+        status: The verdict to render.
+
+    Returns:
+        One ASCII line ending in ``\\n``; see :class:`TCPHealthCheckServer` for the grammar.
+    """
+    if status.verdict is Verdict.UNKNOWN:
+        reason = (status.reason or "no reason given").translate(_CONTROLS)
+        if len(reason) > MAX_REASON:
+            reason = reason[: MAX_REASON - 3] + "..."
+        line = f"unknown timeout={status.timeout:g} reason={reason}\n"
+    else:
+        age = status.age if status.age is not None else 0.0
+        line = f"{status.verdict.value} age={age:.1f} timeout={status.timeout:g}\n"
+    return line.encode("ascii", errors="replace")
+
+
+class TCPHealthCheckServer(SocketHealthCheckServer):
+    """A TCP health-check server: each connection gets one status line, then a close.
+
+    In the style of HAProxy's agent-check: the client connects, need not send anything,
+    reads one ASCII line and sees the connection closed. The line is one of::
+
+        alive age=<age> timeout=<timeout>\\n
+        dead age=<age> timeout=<timeout>\\n
+        unknown timeout=<timeout> reason=<reason>\\n
+
+    where ``<age>`` is the seconds since the last progress with one decimal (``%.1f``),
+    ``<timeout>`` the allowed age in seconds (``%g``: ``60``, ``2.5``), and ``<reason>``
+    the rest of the line: printable ASCII, spaces included, never a line break (controls
+    become spaces, other characters ``?``). A probe from a shell::
+
+        $ nc 127.0.0.1 8081 </dev/null
+        alive age=3.0 timeout=60
+
+    The words are this project's, not HAProxy's own keywords (``up``, ``down``, ...).
+    Bytes a client sends (HAProxy's ``agent-send``) are read and dropped; a client that
+    sends something, or half-closes, still gets its line, and the close is graceful so
+    that its unread input cannot turn into a reset that destroys the line.
+
+    A hung callback gets ``unknown ... reason=callback did not return within <s>s``
+    after ``callback_timeout``; the call keeps its one thread.
+
+    **Refusing while dead.** A connect-only prober (kubelet ``tcpSocket``, Consul TCP
+    checks) learns only whether the connection is accepted, so a listening port always
+    passes. With ``refuse_while_dead=True`` the server closes its listening socket(s)
+    while the verdict is ``dead`` or ``unknown`` (connections are refused) and opens them
+    again, on the same port(s), once it is ``alive``. :meth:`start` still returns as
+    soon as the port listens, without waiting for the callback: the loop then asks for a
+    verdict at once and closes the port within one callback call if the agent is not
+    alive. While the port is closed nobody can connect to ask, so the server calls the
+    callback every ``recheck_interval`` seconds on its own; while the port is open it
+    learns of a death from the next connection, which is still accepted (and answered
+    ``dead``), and the port is closed right after. A callback that hangs is noticed the
+    same way, by the first connection whose ``callback_timeout`` runs out, and the port
+    stays closed until the call returns. The cost: one callback call per
+    ``recheck_interval`` while refusing; none, and no wake-up at all, while accepting
+    and idle. If the port cannot be bound again (another process took it), the error is
+    logged once and the bind retried at every recheck. With ``port=0`` the ephemeral
+    port is kept, but while it is closed the system may hand it to someone else: use a
+    fixed port with this option.
+
+    >>> import socket, time
+    >>> with TCPHealthCheckServer(lambda: int(time.time()), 0, 60, host="127.0.0.1") as s:
+    ...     with socket.create_connection((s.host, s.port)) as c:
+    ...         c.recv(100).startswith(b"alive age=")
+    True
+
+    Args:
+        alive_callback: Returns the last progress time in epoch seconds.
+        port: TCP port; 0 binds an ephemeral one, readable as :attr:`port` after start
+            and unchanged while the port is closed and opened again.
+        timeout: Seconds of silence after which the agent is dead.
+        host: Address to listen on; ``None`` listens on every interface (IPv6 and IPv4).
+        callback_timeout: Seconds a connection waits for the callback before it gets
+            ``unknown``.
+        client_timeout: Seconds a client that does not read has to take the line.
+        max_connections: Open client connections at most; the longest idle is closed to
+            make room.
+        refuse_while_dead: Close the port while the verdict is not ``alive``, so that a
+            connect-only probe fails.
+        recheck_interval: Seconds between callback calls while the port is closed.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: An argument is out of range.
+    """
+
+    _kind = "tcp"
+
+    def __init__(
+        self,
+        alive_callback: Callable[[], int],
+        port: int,
+        timeout: int,
+        *,
+        host: str | None = None,
+        callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
+        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        refuse_while_dead: bool = False,
+        recheck_interval: float = DEFAULT_RECHECK_INTERVAL,
+    ) -> None:
+        if not isinstance(refuse_while_dead, bool):
+            raise TypeError(
+                f"refuse_while_dead must be a bool, not {type(refuse_while_dead).__name__}"
+            )
+        _positive("recheck_interval", recheck_interval)
+        super().__init__(
+            alive_callback,
+            port,
+            timeout,
+            host=host,
+            callback_timeout=callback_timeout,
+            client_timeout=client_timeout,
+            max_connections=max_connections,
+        )
+        self._refuse_while_dead = refuse_while_dead
+        self._recheck_interval = float(recheck_interval)
+        self._line: tuple[HealthStatus | None, bytes] = (None, b"")
+
+    @property
+    def refusing(self) -> bool:
+        """``True`` while the port is closed because the agent is not alive."""
+        return self.is_running and not self._listening
+
+    # -- protocol hooks ------------------------------------------------------------------
+
+    def _on_start(self) -> None:
+        if self._refuse_while_dead:
+            self._recheck_after(0.0)  # a server that starts dead refuses from the start
+
+    def _on_connect(self, conn: Connection) -> None:
+        conn.discard_input = True
+        self._await_status(conn, None)
+
+    def _on_input(self, conn: Connection) -> None:
+        # Not reached (discard_input drops input before it is buffered); drop it anyway.
+        conn.inbuf = b""
+        conn.linger = True
+
+    def _on_status(self, conn: Connection, status: HealthStatus) -> None:
+        self._count_probe(status.verdict)
+        cached, line = self._line
+        if cached is not status:
+            line = status_line(status)
+            self._line = (status, line)
+        self._take_input(conn)
+        self._send(conn, line, keep_alive=False)
+
+    def _observe(self, status: HealthStatus) -> None:
+        super()._observe(status)
+        if not self._refuse_while_dead:
+            return
+        if status.alive:
+            if self._resume_listening():
+                self._recheck_after(None)  # open and idle: no timer at all
+            else:
+                self._recheck_after(self._recheck_interval)  # retry the bind
+        else:
+            self._pause_listening()
+            self._recheck_after(self._recheck_interval)
+
+    @staticmethod
+    def _take_input(conn: Connection) -> None:
+        """Read what arrived since the loop last looked, so that the close stays graceful."""
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except OSError:  # nothing there (BlockingIOError), or reset: _send will see it
+            return
+        if data:
+            conn.linger = True
