@@ -89,6 +89,9 @@ class HTTPHealthCheckServer(SocketHealthCheckServer):
             host = f"[{host}]"
         return f"http://{host}:{self.port}/healthz"
 
+    def _describe(self) -> str:
+        return f"{super()._describe()} ({self.url})"
+
     # -- protocol hooks ------------------------------------------------------------------
 
     def _on_input(self, conn: Connection) -> None:

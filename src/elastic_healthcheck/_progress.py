@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import errno
 import math
-import numbers
 import os
 import time
 from collections.abc import Callable
 
 from .logging import get_logger
+from .status import check_seconds
 
 log = get_logger(__name__)
 
@@ -153,7 +153,7 @@ class HeartbeatFile:
         remove_on_close: bool = False,
     ) -> None:
         self._path = os.fspath(path)
-        self._interval = _check_interval(interval)
+        self._interval = check_seconds("interval", interval)
         self._clock = clock
         self._remove = remove_on_close
         self._closed = False
@@ -278,12 +278,3 @@ def _touch(path: str) -> None:
         # A new file's mtime is its creation time, so there is nothing more to set. No
         # O_TRUNC: if another process created the file meanwhile, it is left as it is.
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, _FILE_MODE))
-
-
-def _check_interval(interval: object) -> float:
-    if isinstance(interval, bool) or not isinstance(interval, numbers.Real):
-        raise TypeError(f"interval must be a number of seconds, not {type(interval).__name__}")
-    value = float(interval)
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"interval must be a finite number of seconds >= 0, not {interval!r}")
-    return value

@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 from .health_check_server import HealthCheckServer
 from .logging import get_logger
-from .status import HealthStatus, Verdict
+from .status import HealthStatus, Verdict, check_seconds
 
 __all__ = ["SocketHealthCheckServer"]
 
@@ -192,9 +192,9 @@ class SocketHealthCheckServer(HealthCheckServer):
             raise TypeError(f"alive_callback must be callable, not {type(alive_callback).__name__}")
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError(f"port must be an int, not {type(port).__name__}")
-        _positive("timeout", timeout, allow_zero=True)
-        _positive("callback_timeout", callback_timeout)
-        _positive("client_timeout", client_timeout)
+        check_seconds("timeout", timeout)
+        check_seconds("callback_timeout", callback_timeout, allow_zero=False)
+        check_seconds("client_timeout", client_timeout, allow_zero=False)
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise TypeError(f"max_connections must be an int, not {type(max_connections).__name__}")
         if max_connections < 1:
@@ -936,15 +936,6 @@ class _Evaluator:
             self._busy = False
             self._results.append(status)
             self._notify()
-
-
-def _positive(name: str, value: object, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    ok = value >= 0 if allow_zero else value > 0
-    if not (math.isfinite(value) and ok):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, not {value!r}")
 
 
 def _host_port(sockname: object) -> tuple[str, int]:

@@ -11,9 +11,8 @@ from ._server import (
     RECV_SIZE,
     Connection,
     SocketHealthCheckServer,
-    _positive,
 )
-from .status import HealthStatus, Verdict
+from .status import HealthStatus, Verdict, check_seconds
 
 __all__ = ["TCPHealthCheckServer"]
 
@@ -146,7 +145,7 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
             raise TypeError(
                 f"refuse_while_dead must be a bool, not {type(refuse_while_dead).__name__}"
             )
-        _positive("recheck_interval", recheck_interval)
+        check_seconds("recheck_interval", recheck_interval, allow_zero=False)
         super().__init__(
             alive_callback,
             port,

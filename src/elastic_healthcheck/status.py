@@ -201,9 +201,20 @@ def check_liveness(
 
 
 def _check_timeout(timeout: object) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-    value = float(timeout)
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"timeout must be a finite number of seconds >= 0, not {timeout!r}")
-    return value
+    return check_seconds("timeout", timeout)
+
+
+def check_seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    """Validate a duration argument and return it as a float.
+
+    Raises:
+        TypeError: ``value`` is not a real number (``bool`` included).
+        ValueError: ``value`` is negative, zero when not allowed, or not finite.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if not (math.isfinite(seconds) and (seconds >= 0.0 if allow_zero else seconds > 0.0)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, not {value!r}")
+    return seconds

@@ -277,14 +277,14 @@ def eh_caplog(caplog):
 def test_start_and_stop_log_one_info_line_each_with_the_address(server_factory, eh_caplog):
     server = server_factory()
     server.start()
-    port = server.port
+    port, url = server.port, server.url
     for _ in range(5):
         request(port)
     server.stop()
     messages = [(r.levelno, r.getMessage()) for r in eh_caplog.records]
     assert messages == [
-        (logging.INFO, f"Serving http health checks on 127.0.0.1:{port}"),
-        (logging.INFO, f"Stopped http health check server on 127.0.0.1:{port}"),
+        (logging.INFO, f"Serving http health checks on 127.0.0.1:{port} ({url})"),
+        (logging.INFO, f"Stopped http health check server on 127.0.0.1:{port} ({url})"),
     ]
 
 
