@@ -15,6 +15,7 @@ from ._httpwire import (
     find_head_end,
     http_date,
     parse_request,
+    reason_phrase,
 )
 from ._prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._prometheus import render_metrics
@@ -200,7 +201,7 @@ class HTTPHealthCheckServer(SocketHealthCheckServer):
     ) -> None:
         """A response that needs no verdict (404, 405, OPTIONS); the connection lives on."""
         if body is None:
-            body = f"{status.value} {status.phrase}\n".encode("ascii")
+            body = f"{status.value} {reason_phrase(status)}\n".encode("ascii")
         response = build_response(
             status,
             body,
@@ -214,7 +215,7 @@ class HTTPHealthCheckServer(SocketHealthCheckServer):
 
     def _fail(self, conn: Connection, status: HTTPStatus) -> None:
         """Answer a request we cannot parse, then close the connection."""
-        body = f"{status.value} {status.phrase}\n".encode("ascii")
+        body = f"{status.value} {reason_phrase(status)}\n".encode("ascii")
         response = build_response(status, body, TEXT, date=self._http_date(), connection="close")
         conn.inbuf = b""
         conn.linger = True  # the rest of a bad request may still be on its way

@@ -24,6 +24,7 @@ __all__ = [
     "find_head_end",
     "http_date",
     "parse_request",
+    "reason_phrase",
 ]
 
 # The largest request head accepted, in bytes. A prober's is ~150 bytes; nginx's default
@@ -34,6 +35,20 @@ MAX_REQUEST_HEAD = 8192
 MAX_HEADERS = 100
 
 ALLOW = "GET, HEAD, OPTIONS"
+
+# Reason phrases as RFC 9110 section 15 names them. http.HTTPStatus used the older RFC 7231
+# names for 413 and 414 before Python 3.13; the same server must say the same bytes on
+# every Python.
+_PHRASES = {
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "Content Too Large",
+    HTTPStatus.REQUEST_URI_TOO_LONG: "URI Too Long",
+}
+
+
+def reason_phrase(status: HTTPStatus) -> str:
+    """The reason phrase for ``status``, as RFC 9110 names it."""
+    return _PHRASES.get(status, status.phrase)
+
 
 # RFC 9110 section 5.6.2: token = 1*tchar.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -50,7 +65,7 @@ class HTTPError(Exception):
     """The request cannot be served; answer with ``status`` and close the connection."""
 
     def __init__(self, status: HTTPStatus) -> None:
-        super().__init__(status.phrase)
+        super().__init__(reason_phrase(status))
         self.status = status
 
 
@@ -228,7 +243,7 @@ def build_response(
         extra: More header lines, each ending in CRLF.
     """
     head = (
-        f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+        f"HTTP/1.1 {status.value} {reason_phrase(status)}\r\n"
         f"Date: {date}\r\n"
         f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n"

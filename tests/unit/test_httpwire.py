@@ -25,6 +25,7 @@ from elastic_healthcheck._httpwire import (
     find_head_end,
     http_date,
     parse_request,
+    reason_phrase,
 )
 
 BAD_REQUEST = HTTPStatus.BAD_REQUEST
@@ -932,3 +933,18 @@ def test_http_date_is_imf_fixdate(epoch, expected):
 def test_http_date_matches_email_utils_formatdate(epoch):
     """Locale-independent: the same text as the stdlib's English-only formatter."""
     assert http_date(epoch) == email.utils.formatdate(epoch, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "phrase"),
+    [
+        (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Content Too Large"),
+        (HTTPStatus.REQUEST_URI_TOO_LONG, "URI Too Long"),
+        (HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable"),
+    ],
+)
+def test_reason_phrases_are_rfc_9110s_on_every_python(status, phrase):
+    assert reason_phrase(status) == phrase
+    assert build_response(status, b"", "text/plain", date="d").startswith(
+        f"HTTP/1.1 {status.value} {phrase}\r\n".encode()
+    )
