@@ -256,7 +256,6 @@ def _probe(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
-    import time
 
     from ._kinds import ConfigurationError, resolve_kind
     from ._progress import HeartbeatFileReader
@@ -267,7 +266,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"{PROG} serve: error: {exc}", file=sys.stderr)
         return 2
     callback = HeartbeatFileReader(args.heartbeat_file) if args.heartbeat_file else _now
-    options: dict[str, object] = {"host": args.host}
+    options: dict[str, object] = {}
+    if args.host is not None:
+        options["host"] = args.host
     if args.callback_timeout is not None:
         options["callback_timeout"] = args.callback_timeout
     try:
@@ -300,8 +301,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"Serving {args.kind} health checks on {where} (liveness: {source}); Ctrl-C to stop",
             flush=True,
         )
-        while not stop.wait():
-            time.sleep(0)  # pragma: no cover - wait() without a timeout only returns True
+        stop.wait()  # a signal handler sets it; lock waits are interruptible on POSIX
         return 0
     finally:
         server.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import selectors
 import socket
 import time
@@ -241,7 +242,7 @@ def _connect(
     sock.setblocking(False)
     code = sock.connect_ex(sockaddr)
     if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-        _fail(item, _describe(OSError(code, _strerror(code))))
+        _fail(item, _describe(OSError(code, os.strerror(code))))
         return
     selector.register(sock, selectors.EVENT_WRITE, item)
 
@@ -252,7 +253,7 @@ def _advance(item: _Probe, events: int, selector: selectors.BaseSelector) -> Non
     if item.state == "connecting":
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
-            _finish(item, selector, error=_describe(OSError(code, _strerror(code))))
+            _finish(item, selector, error=_describe(OSError(code, os.strerror(code))))
             return
         item.state = "sending" if item.request else "reading"
         if item.state == "reading":
@@ -363,12 +364,6 @@ def _from_tcp(item: _Probe) -> ProbeResult:
             reason = " ".join([value, *words[index + 1 :]])
             break
     return ProbeResult(text, verdict, latency, age=age, reason=reason)
-
-
-def _strerror(code: int) -> str:
-    import os
-
-    return os.strerror(code)
 
 
 def _describe(exc: BaseException) -> str:
