@@ -2,41 +2,65 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from elastic_healthcheck import HTTPHealthCheckServer
+from elastic_healthcheck import HTTPHealthCheckServer, TCPHealthCheckServer
+from elastic_healthcheck._server import SocketHealthCheckServer
 
 from .client import NOW_CALLBACK
 
 ServerFactory = Callable[..., HTTPHealthCheckServer]
 
 
-@pytest.fixture
-def server_factory() -> Iterator[ServerFactory]:
-    """Build HTTP servers on 127.0.0.1; every one is stopped and checked for leaks."""
-    made: list[HTTPHealthCheckServer] = []
+def _factories(cls: type[SocketHealthCheckServer]) -> Iterator[Callable[..., object]]:
+    """Build servers of ``cls`` on 127.0.0.1; every one is stopped and checked for leaks."""
+    made: list[SocketHealthCheckServer] = []
 
     def make(
         alive_callback: Callable[[], object] = NOW_CALLBACK,
         port: int = 0,
         timeout: float = 60,
         **options: object,
-    ) -> HTTPHealthCheckServer:
+    ) -> SocketHealthCheckServer:
         options.setdefault("host", "127.0.0.1")
-        server = HTTPHealthCheckServer(alive_callback, port, timeout, **options)  # type: ignore[arg-type]
+        server = cls(alive_callback, port, timeout, **options)  # type: ignore[arg-type]
         made.append(server)
         return server
 
     yield make
     for server in made:
+        listeners = list(server._listeners)
         server.stop()
         assert not server.is_running
-        assert all(s.fileno() == -1 for s in server._listeners)
+        assert all(s.fileno() == -1 for s in listeners)
+        assert server._listeners == []
         assert server._thread is None
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., object]]:
+    """Build HTTP servers on 127.0.0.1; every one is stopped and checked for leaks."""
+    yield from _factories(HTTPHealthCheckServer)
+
+
+@pytest.fixture
+def tcp_factory() -> Iterator[Callable[..., object]]:
+    """Build TCP servers on 127.0.0.1; every one is stopped and checked for leaks."""
+    yield from _factories(TCPHealthCheckServer)
+
+
+@pytest.fixture
+def eh_caplog(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Capture every record of the package (its loggers carry LOGLEVEL's level, as torch's do)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("elastic_healthcheck"):
+            caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
 
 
 @pytest.fixture

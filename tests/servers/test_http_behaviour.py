@@ -265,15 +265,6 @@ def test_localhost_listens_on_both_loopbacks_on_one_port(server_factory):
     assert request(server.port, host="::1").status == 200
 
 
-@pytest.fixture
-def eh_caplog(caplog):
-    """Capture every record of the package (its loggers carry LOGLEVEL's level, as torch's do)."""
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("elastic_healthcheck"):
-            caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
-
-
 def test_start_and_stop_log_one_info_line_each_with_the_address(server_factory, eh_caplog):
     server = server_factory()
     server.start()

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,42 +25,6 @@ from .conftest import connect, wait_for
 TCPFactory = Callable[..., TCPHealthCheckServer]
 
 LINE = re.compile(rb"(alive|dead) age=(\d+\.\d) timeout=(\S+)\n")
-
-
-@pytest.fixture
-def tcp_factory() -> Iterator[TCPFactory]:
-    """Build TCP servers on 127.0.0.1; every one is stopped and checked for leaks."""
-    made: list[TCPHealthCheckServer] = []
-
-    def make(
-        alive_callback: Callable[[], object] = NOW_CALLBACK,
-        port: int = 0,
-        timeout: float = 60,
-        **options: object,
-    ) -> TCPHealthCheckServer:
-        options.setdefault("host", "127.0.0.1")
-        server = TCPHealthCheckServer(alive_callback, port, timeout, **options)  # type: ignore[arg-type]
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        listeners = list(server._listeners)
-        server.stop()
-        assert not server.is_running
-        assert not server.refusing
-        assert all(s.fileno() == -1 for s in listeners)
-        assert server._listeners == []
-        assert server._thread is None
-
-
-@pytest.fixture
-def eh_caplog(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """Capture every record of the package (its loggers carry LOGLEVEL's level)."""
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("elastic_healthcheck"):
-            caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
 
 
 class Progress:
