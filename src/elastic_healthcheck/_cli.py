@@ -245,11 +245,8 @@ def _probe(args: argparse.Namespace) -> int:
             rows.append((r.target, r.verdict, age, f"{r.latency * 1000:.1f}ms", r.reason or ""))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:
-            print(
-                "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-                + "  "
-                + row[4]
-            )
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            print("  ".join([*cells, row[4]]).rstrip())
     return 0 if all(r.alive for r in results) else 1
 
 
