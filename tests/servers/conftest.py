@@ -12,7 +12,7 @@ import pytest
 from elastic_healthcheck import HTTPHealthCheckServer, TCPHealthCheckServer
 from elastic_healthcheck._server import SocketHealthCheckServer
 
-from .client import NOW_CALLBACK
+from .client import NOW_CALLBACK, read_until_closed, request
 
 ServerFactory = Callable[..., HTTPHealthCheckServer]
 
@@ -52,6 +52,30 @@ def server_factory() -> Iterator[Callable[..., object]]:
 def tcp_factory() -> Iterator[Callable[..., object]]:
     """Build TCP servers on 127.0.0.1; every one is stopped and checked for leaks."""
     yield from _factories(TCPHealthCheckServer)
+
+
+@pytest.fixture(params=["http", "tcp"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Each server kind in turn: the promises every server keeps are tested on each."""
+    return str(request.param)
+
+
+@pytest.fixture
+def factory(
+    kind: str,
+    server_factory: Callable[..., object],
+    tcp_factory: Callable[..., object],
+) -> Callable[..., object]:
+    """The factory for ``kind``."""
+    return server_factory if kind == "http" else tcp_factory
+
+
+def answers_alive(kind: str, port: int, timeout: float = 5.0) -> bool:
+    """Probe a server of ``kind`` once, on a new connection: is the verdict alive?"""
+    if kind == "http":
+        return request(port, timeout=timeout).status == 200
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        return read_until_closed(sock).startswith(b"alive ")
 
 
 @pytest.fixture

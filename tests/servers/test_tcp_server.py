@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import re
 import socket
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -312,17 +309,6 @@ def test_probes_are_not_logged(tcp_factory, eh_caplog):
 # -- lifecycle ----------------------------------------------------------------------------
 
 
-def test_port_in_use_raises_oserror_naming_host_and_port(tcp_factory):
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        server = tcp_factory(port=port)
-        with pytest.raises(OSError) as info:
-            server.start()
-    assert info.value.errno == errno.EADDRINUSE
-    assert f"127.0.0.1:{port}" in str(info.value)
-    assert not server.is_running
-
-
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -336,56 +322,6 @@ def test_port_in_use_raises_oserror_naming_host_and_port(tcp_factory):
 def test_bad_arguments_fail_at_construction(kwargs, error, match):
     with pytest.raises(error, match=match):
         TCPHealthCheckServer(NOW_CALLBACK, 0, 60, **kwargs)
-
-
-def test_stop_before_start_and_twice_is_harmless(tcp_factory):
-    server = tcp_factory()
-    server.stop()
-    server.start()
-    server.stop()
-    server.stop()
-    assert not server.is_running
-
-
-def test_two_hundred_start_probe_stop_cycles_on_one_port(tcp_factory):
-    server = tcp_factory()
-    server.start()
-    port = server.port
-    server.stop()
-    for _ in range(200):
-        server = tcp_factory(port=port)
-        server.start()
-        assert parse(probe(port))[0] == "alive"
-        server.stop()
-
-
-def test_forked_child_does_not_keep_the_listening_socket(tcp_factory):
-    server = tcp_factory()
-    server.start()
-    port = server.port
-    read_end, write_end = os.pipe()
-    ready_r, ready_w = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: on purpose
-        pid = os.fork()
-    if pid == 0:  # the child: say it runs (its fork handlers are done), then wait
-        os.close(write_end)
-        os.write(ready_w, b"!")
-        os.read(read_end, 1)
-        os._exit(0)
-    os.close(read_end)
-    os.close(ready_w)
-    try:
-        assert os.read(ready_r, 1) == b"!"
-        server.stop()
-        assert refused(port)  # nobody, not even the child, is listening
-        again = tcp_factory(port=port)
-        again.start()  # the same port, while the child lives
-        assert parse(probe(port))[0] == "alive"
-    finally:
-        os.close(ready_r)
-        os.close(write_end)
-        os.waitpid(pid, 0)
 
 
 # -- refuse_while_dead --------------------------------------------------------------------

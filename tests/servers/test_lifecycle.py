@@ -1,4 +1,5 @@
-"""start() and stop(): binding, errors, idempotence, restarts on one port, signals, fork."""
+"""start() and stop() for every server kind: binding, errors, idempotence, restarts on one
+port, signals, fork. Tests that take `factory` run once per kind (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -18,20 +19,20 @@ import pytest
 from elastic_healthcheck import HTTPHealthCheckServer
 
 from .client import NOW_CALLBACK, read_until_closed, request
-from .conftest import connect
+from .conftest import answers_alive, connect
 
 
-def test_start_returns_once_listening(server_factory):
-    server = server_factory()
+def test_start_returns_once_listening(factory):
+    server = factory()
     server.start()
     with connect(server.port):  # no retry loop: the port must already be listening
         pass
 
 
-def test_port_in_use_raises_oserror_naming_host_and_port(server_factory):
+def test_port_in_use_raises_oserror_naming_host_and_port(factory):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        server = server_factory(port=port)
+        server = factory(port=port)
         with pytest.raises(OSError) as info:
             server.start()
     assert info.value.errno == errno.EADDRINUSE
@@ -40,8 +41,8 @@ def test_port_in_use_raises_oserror_naming_host_and_port(server_factory):
     server.stop()  # harmless after a failed start
 
 
-def test_address_not_available_raises_oserror(server_factory):
-    server = server_factory(host="192.0.2.1")  # TEST-NET-1: never assigned to this host
+def test_address_not_available_raises_oserror(factory):
+    server = factory(host="192.0.2.1")  # TEST-NET-1: never assigned to this host
     with pytest.raises(OSError) as info:
         server.start()
     assert info.value.errno == errno.EADDRNOTAVAIL
@@ -49,8 +50,8 @@ def test_address_not_available_raises_oserror(server_factory):
 
 
 @pytest.mark.parametrize("port", [65536, 70000, -1])
-def test_port_out_of_range_raises_oserror(server_factory, port):
-    server = server_factory(port=port)
+def test_port_out_of_range_raises_oserror(factory, port):
+    server = factory(port=port)
     with pytest.raises(OSError) as info:
         server.start()
     assert info.value.errno == errno.EINVAL
@@ -58,8 +59,8 @@ def test_port_out_of_range_raises_oserror(server_factory, port):
     assert "0-65535" in str(info.value)
 
 
-def test_unresolvable_host_raises_oserror_naming_it(server_factory):
-    server = server_factory(host="no-such-host.invalid")
+def test_unresolvable_host_raises_oserror_naming_it(factory):
+    server = factory(host="no-such-host.invalid")
     with pytest.raises(OSError, match=r"no-such-host\.invalid:0"):
         server.start()
 
@@ -123,8 +124,8 @@ def test_start_twice_is_harmless(server):
     assert request(port).status == 200
 
 
-def test_stop_before_start_and_twice_is_harmless(server_factory):
-    server = server_factory()
+def test_stop_before_start_and_twice_is_harmless(factory):
+    server = factory()
     server.stop()
     server.start()
     server.stop()
@@ -132,36 +133,36 @@ def test_stop_before_start_and_twice_is_harmless(server_factory):
     assert not server.is_running
 
 
-def test_context_manager(server_factory):
-    with server_factory() as server:
+def test_context_manager(kind, factory):
+    with factory() as server:
         port = server.port
-        assert request(port).status == 200
+        assert answers_alive(kind, port)
     assert not server.is_running
     with pytest.raises(ConnectionRefusedError):
-        request(port, timeout=1)
+        answers_alive(kind, port, timeout=1)
 
 
-def test_stop_frees_port_for_immediate_restart(server_factory):
+def test_stop_frees_port_for_immediate_restart(kind, factory):
     """A stopped server's port can be bound again at once (torch restarts on the same port)."""
-    first = server_factory()
+    first = factory()
     first.start()
     port = first.port
-    request(port)
+    answers_alive(kind, port)
     first.stop()
-    second = server_factory(port=port)
+    second = factory(port=port)
     second.start()  # raises OSError naming 127.0.0.1:<port> if the port was not freed
-    assert request(port).status == 200
+    assert answers_alive(kind, port)
 
 
-def test_two_hundred_start_probe_stop_cycles_on_one_port(server_factory):
-    server = server_factory()
+def test_two_hundred_start_probe_stop_cycles_on_one_port(kind, factory):
+    server = factory()
     server.start()
     port = server.port
     server.stop()
     for _ in range(200):
-        server = server_factory(port=port)
+        server = factory(port=port)
         server.start()
-        assert request(port).status == 200
+        assert answers_alive(kind, port)
         server.stop()
 
 
@@ -174,10 +175,10 @@ def test_stop_closes_client_connections(server):
         assert read_until_closed(keep_alive) == b""
 
 
-def test_stop_is_fast_with_clients_connected(server_factory):
+def test_stop_is_fast_with_clients_connected(factory):
     """stop() takes well under 50 ms (median of 20, with an idle client each time)."""
     durations = []
-    server = server_factory()
+    server = factory()
     for _ in range(20):
         server.start()
         with connect(server.port):
@@ -249,8 +250,8 @@ def test_stop_interrupted_at_any_line_propagates_and_a_second_stop_finishes(serv
             assert read_until_closed(client) == b""
 
 
-def test_forked_child_does_not_keep_the_listening_socket(server_factory):
-    server = server_factory()
+def test_forked_child_does_not_keep_the_listening_socket(kind, factory):
+    server = factory()
     server.start()
     port = server.port
     read_end, write_end = os.pipe()
@@ -269,10 +270,10 @@ def test_forked_child_does_not_keep_the_listening_socket(server_factory):
         assert os.read(ready_r, 1) == b"!"
         server.stop()
         with pytest.raises(ConnectionRefusedError):
-            request(port, timeout=1)  # nobody, not even the child, is listening
-        again = server_factory(port=port)
+            answers_alive(kind, port, timeout=1)  # nobody, not even the child, is listening
+        again = factory(port=port)
         again.start()  # the same port, while the child lives
-        assert request(port).status == 200
+        assert answers_alive(kind, port)
     finally:
         os.close(ready_r)
         os.close(write_end)
