@@ -8,7 +8,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,6 @@ from elastic_healthcheck.status import HealthStatus, Verdict
 
 from .client import NOW_CALLBACK, read_until_closed
 from .conftest import connect, wait_for
-
-TCPFactory = Callable[..., TCPHealthCheckServer]
 
 LINE = re.compile(rb"(alive|dead) age=(\d+\.\d) timeout=(\S+)\n")
 
