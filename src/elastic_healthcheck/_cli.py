@@ -157,6 +157,32 @@ def _add_torchrun_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds without progress before dead (default: the 60 torch passes)",
     )
+    parser.add_argument(
+        "--health-startup-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="seconds from a worker group's start during which ranks that have made no "
+        "progress yet count as starting (default: 1800)",
+    )
+    parser.add_argument(
+        "--health-on-hang",
+        choices=("report", "restart"),
+        help="report: answer 503 and log the hung ranks' stacks (default); restart: also "
+        "end the hung worker group so that torchrun restarts it (counts against --max-restarts)",
+    )
+    parser.add_argument(
+        "--health-debug",
+        action="store_true",
+        default=None,
+        help="serve the latest stacks of stalled ranks on GET /debug/ranks (off: 404)",
+    )
+    parser.add_argument(
+        "--health-no-bootstrap",
+        dest="health_bootstrap",
+        action="store_false",
+        default=None,
+        help="start workers as plain torchrun does: progress then comes only from beat()",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args)
 
 
-_TORCHRUN_OPTIONS = ("--health-port", "--health-host", "--health-kind", "--health-timeout")
+_TORCHRUN_OPTIONS = (
+    "--health-port",
+    "--health-host",
+    "--health-kind",
+    "--health-timeout",
+    "--health-startup-timeout",
+    "--health-on-hang",
+)
+_TORCHRUN_FLAGS = ("--health-debug", "--health-no-bootstrap")
 
 
 def _torchrun(arguments: list[str]) -> int:
@@ -181,9 +215,9 @@ def _torchrun(arguments: list[str]) -> int:
         option = rest[0].split("=", 1)[0]
         if rest[0] in ("-h", "--help") and not ours:
             build_parser().parse_args(["torchrun", "--help"])
-        if option not in _TORCHRUN_OPTIONS:
+        if option not in _TORCHRUN_OPTIONS + _TORCHRUN_FLAGS:
             break
-        take = 1 if "=" in rest[0] else 2
+        take = 1 if "=" in rest[0] or option in _TORCHRUN_FLAGS else 2
         ours, rest = ours + rest[:take], rest[take:]
     parser = _Parser(prog=f"{PROG} torchrun", allow_abbrev=False)
     _add_torchrun_options(parser)
@@ -196,11 +230,16 @@ def _torchrun(arguments: list[str]) -> int:
     server_options: dict[str, object] = {}
     if options.health_host is not None:
         server_options["host"] = options.health_host
+    if options.health_debug:
+        server_options["debug"] = True
     try:
         integration = torchelastic.install(
             kind=options.health_kind,
             port=options.health_port,
             timeout=options.health_timeout,
+            startup_timeout=options.health_startup_timeout,
+            bootstrap=options.health_bootstrap,
+            on_hang=options.health_on_hang,
             **server_options,
         )
     except ImportError as exc:  # no torch: the message names the extra to install
