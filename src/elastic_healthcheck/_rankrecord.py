@@ -24,6 +24,10 @@ never seen half written on the platforms torch runs on)::
 
 A rank is inside a collective while ``entered > left``. Only the outermost collective
 counts (``all_gather_object`` runs ``all_gather`` inside it).
+
+Only the worker writes its record. A process forked from it (a DataLoader worker) inherits
+the mapping, so after ``fork()`` every open record in the child is detached: its writes go
+to private memory and never reach the file.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import mmap
 import os
 import struct
 import time
+import weakref
 
 __all__ = [
     "COLLECTIVES",
@@ -226,7 +231,7 @@ class RankRecord:
     raises into the training loop once the record is open.
     """
 
-    __slots__ = ("_depth", "_entered", "_left", "_map", "_steps")
+    __slots__ = ("__weakref__", "_depth", "_entered", "_left", "_map", "_steps")
 
     def __init__(self, path: str) -> None:
         """Map an existing record (the agent created it).
@@ -239,7 +244,7 @@ class RankRecord:
         try:
             if os.fstat(fd).st_size < RECORD_SIZE:
                 raise ValueError(f"{path} is not a rank record")
-            self._map = mmap.mmap(fd, RECORD_SIZE)
+            self._map: mmap.mmap | bytearray = mmap.mmap(fd, RECORD_SIZE)
         finally:
             os.close(fd)
         if _HEAD.unpack_from(self._map, 0)[0] != MAGIC:
@@ -248,6 +253,13 @@ class RankRecord:
         (self._steps, self._entered) = struct.unpack_from("<QQ", self._map, 32)
         self._left = _LEAVE.unpack_from(self._map, 64)[0]
         self._depth = 0
+        _OPEN.add(self)
+
+    @property
+    def owner(self) -> int:
+        """The pid of the worker that started the record (0: none yet)."""
+        pid: int = struct.unpack_from("<I", self._map, 4)[0]
+        return pid
 
     def start(self, pid: int, global_rank: int | None, flags: int = 0) -> None:
         """Mark the worker's start: its pid and global rank."""
@@ -289,4 +301,24 @@ class RankRecord:
         self.set_flags(FLAG_EXITED)
 
     def close(self) -> None:
-        self._map.close()
+        _OPEN.discard(self)
+        if isinstance(self._map, mmap.mmap):
+            self._map.close()
+
+    def _detach(self) -> None:
+        # In a forked child: keep every method working, on memory nobody else reads.
+        self._map = bytearray(RECORD_SIZE)
+
+
+# Every record this process has open, to detach in a forked child.
+_OPEN: weakref.WeakSet[RankRecord] = weakref.WeakSet()
+
+
+def _detach_all_in_child() -> None:
+    for record in list(_OPEN):
+        record._detach()
+    _OPEN.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_detach_all_in_child)
