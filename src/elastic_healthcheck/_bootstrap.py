@@ -166,8 +166,10 @@ if hasattr(os, "register_at_fork"):
 class _TorchImportHook:
     """A ``sys.meta_path`` finder that calls ``on_import(torch)`` once torch has loaded.
 
-    It finds nothing itself: for ``torch`` it asks the finders after it, wraps the found
-    loader's ``exec_module`` for that one import, and takes itself out of ``sys.meta_path``.
+    It finds nothing itself: for ``torch`` it asks the finders after it and wraps the found
+    loader's ``exec_module``. A spec found only to ask whether torch is installed
+    (``importlib.util.find_spec("torch")``, as many libraries do) is never executed, so
+    the finder stays in ``sys.meta_path`` until torch's own module runs.
     """
 
     def __init__(self, on_import: Callable[[types.ModuleType], None]) -> None:
@@ -178,9 +180,8 @@ class _TorchImportHook:
     ) -> ModuleSpec | None:
         if fullname != "torch":
             return None
-        self._remove()
         for finder in sys.meta_path:
-            find_spec = getattr(finder, "find_spec", None)
+            find_spec = None if finder is self else getattr(finder, "find_spec", None)
             if find_spec is None:
                 continue
             spec: ModuleSpec | None = find_spec(fullname, path, target)
@@ -192,15 +193,17 @@ class _TorchImportHook:
         exec_module = getattr(loader, "exec_module", None)
         if loader is None or exec_module is None:
             return spec
-        on_import = self._on_import
 
         def exec_and_hook(module: types.ModuleType) -> None:
             try:
                 del loader.exec_module
             except AttributeError:
                 pass
+            if not self._remove():
+                exec_module(module)  # hooked already, by another spec
+                return
             exec_module(module)
-            on_import(module)
+            self._on_import(module)
 
         try:
             loader.exec_module = exec_and_hook  # type: ignore[method-assign]
@@ -208,11 +211,12 @@ class _TorchImportHook:
             _warn("Cannot hook the import of torch: %s", exc)
         return spec
 
-    def _remove(self) -> None:
+    def _remove(self) -> bool:
         try:
             sys.meta_path.remove(self)
         except ValueError:
-            pass
+            return False
+        return True
 
 
 def _hook_torch(torch: types.ModuleType) -> None:
@@ -230,7 +234,8 @@ def _hook_torch(torch: types.ModuleType) -> None:
         _warn("Cannot note torch.distributed collectives: %s", exc)
 
 
-def _hook_optimizer(record: RankRecord) -> None:
+def _hook_optimizer(record: RankRecord) -> Any:
+    """Count every optimizer step; returns torch's handle (``.remove()`` undoes it)."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     progress = record.progress
@@ -238,7 +243,7 @@ def _hook_optimizer(record: RankRecord) -> None:
     def count_step(optimizer: object, args: object, kwargs: object) -> None:
         progress()
 
-    register_optimizer_step_post_hook(count_step)
+    return register_optimizer_step_post_hook(count_step)
 
 
 def _hook_collectives(record: RankRecord) -> None:
@@ -352,7 +357,7 @@ def _run_path_entry(args: list[str]) -> None:
     """A directory or zip file: python puts it first on sys.path and runs its __main__."""
     from importlib.machinery import PathFinder
 
-    path = args[0]
+    path = args[0] if os.path.isabs(args[0]) else os.path.join(os.getcwd(), args[0])
     spec = PathFinder.find_spec("__main__", [path])
     if spec is None or spec.loader is None:
         sys.stderr.write(f"{sys.executable}: can't find '__main__' module in {path!r}\n")

@@ -131,6 +131,12 @@ def test_package_main_runs_as_under_python_m(tmp_path):
     assert "package 'kit'" in out.stdout
 
 
+def test_directory_with_main_runs_as_under_python(tmp_path):
+    write(tmp_path / "bundle" / "__main__.py", SHOW_MAIN + "\nshow()\n")
+    out = assert_same_as_python(["bundle", "x"], tmp_path)
+    assert "argv ['bundle', 'x']" in out.stdout and "spec __main__" in out.stdout
+
+
 def test_missing_module_and_missing_script_fail_as_under_python(tmp_path):
     assert assert_same_as_python(["-m", "no_such_module"], tmp_path).returncode == 1
     assert assert_same_as_python(["no_such_script.py"], tmp_path).returncode == 2
@@ -248,6 +254,25 @@ def test_optimizer_steps_count_as_progress_and_the_end_marks_exited(tmp_path):
     assert record.steps == 7
     assert record.progress_time >= before
     assert record.flags == FLAG_BOOTSTRAP | FLAG_EXITED
+
+
+def test_steps_count_when_a_library_asked_find_spec_for_torch_first(tmp_path):
+    """Libraries probe with importlib.util.find_spec("torch") before importing it."""
+    path = new_record(tmp_path)
+    write(tmp_path / "train.py", "import importlib.util\nimportlib.util.find_spec('torch')\n")
+    with open(tmp_path / "train.py", "a") as script:
+        script.write(textwrap.dedent(TRAIN))
+    out = run([*BOOTSTRAP, "train.py", "3"], tmp_path, rank_environment(tmp_path))
+    assert out.returncode == 0, out.stderr
+    record = read_record(path)
+    assert record is not None and record.steps == 3
+
+
+def test_the_bootstrap_does_not_import_torch(tmp_path):
+    new_record(tmp_path)
+    write(tmp_path / "lazy.py", "import sys\nprint('torch' in sys.modules)\n")
+    out = run([*BOOTSTRAP, "lazy.py"], tmp_path, rank_environment(tmp_path))
+    assert (out.returncode, out.stdout, out.stderr) == (0, "False\n", "")
 
 
 def test_a_crashed_script_is_not_marked_exited(tmp_path):
