@@ -123,9 +123,7 @@ def set_up() -> None:
 
 
 def _warn(message: str, *args: object) -> None:
-    from .logging import get_logger
-
-    get_logger(__name__).warning(message, *args)
+    worker._warn(__name__, message, *args)
 
 
 def _register_stack_dump(path: str) -> None:

@@ -285,6 +285,15 @@ def test_a_crashed_script_is_not_marked_exited(tmp_path):
     assert record.flags == FLAG_BOOTSTRAP
 
 
+def test_system_exit_marks_exited_and_keeps_its_code(tmp_path):
+    path = new_record(tmp_path)
+    write(tmp_path / "leave.py", "import sys\nsys.exit(3)\n")
+    out = run([*BOOTSTRAP, "leave.py"], tmp_path, rank_environment(tmp_path))
+    assert out.returncode == 3
+    record = read_record(path)
+    assert record is not None and record.flags == FLAG_BOOTSTRAP | FLAG_EXITED
+
+
 def test_beat_shares_the_bootstrap_record(tmp_path):
     path = new_record(tmp_path)
     write(
@@ -415,6 +424,14 @@ def test_set_up_failures_are_one_warning_and_the_script_runs(tmp_path):
     assert bad_signal.returncode == 0 and bad_signal.stdout == "trained\n"
     assert len(bad_signal.stderr.splitlines()) == 1
     assert "Cannot dump the stacks of local rank 0" in bad_signal.stderr
+
+
+def test_a_bad_loglevel_does_not_stop_the_warning_or_the_script(tmp_path):
+    env = rank_environment(tmp_path / "nowhere", LOGLEVEL="LOUD")
+    write(tmp_path / "hello.py", "print('trained')\n")
+    out = run([*BOOTSTRAP, "hello.py"], tmp_path, env)
+    assert (out.returncode, out.stdout) == (0, "trained\n")
+    assert "Cannot report progress for local rank 0" in out.stderr
 
 
 def test_outside_the_integration_the_bootstrap_only_runs_the_script(tmp_path):

@@ -150,6 +150,11 @@ def test_a_missing_record_is_one_warning_and_beat_goes_on(tmp_path):
     assert "Cannot report progress for local rank 7" in out.stderr
 
 
+def test_a_bad_loglevel_does_not_make_beat_raise(tmp_path):
+    out = run_script(BEATS, tmp_path, local_rank="7", LOGLEVEL="LOUD")
+    assert out.returncode == 0 and "Cannot report progress for local rank 7" in out.stderr
+
+
 def test_beat_outside_the_integration_does_nothing(monkeypatch):
     monkeypatch.delenv(ENV_DIR, raising=False)
     monkeypatch.setattr(worker, "_progress", None)
