@@ -41,6 +41,7 @@ from ._rankrecord import (
     ENV_LOCAL_RANK,
     ENV_STACK_SIGNAL,
     FLAG_BOOTSTRAP,
+    FLAG_STACKS,
     RankRecord,
     record_path,
     stack_path,
@@ -112,7 +113,8 @@ def set_up() -> None:
     _record = record
     worker._adopt(record)
     try:
-        _register_stack_dump(stack_path(directory, local_rank))
+        if _register_stack_dump(stack_path(directory, local_rank)):
+            record.set_flags(FLAG_STACKS)
     except Exception as exc:
         _warn("Cannot dump the stacks of local rank %s on a signal: %s", local_rank, exc)
     torch = sys.modules.get("torch")
@@ -126,11 +128,12 @@ def _warn(message: str, *args: object) -> None:
     worker._warn(__name__, message, *args)
 
 
-def _register_stack_dump(path: str) -> None:
+def _register_stack_dump(path: str) -> bool:
+    """Dump all threads' stacks to ``path`` on the agent's signal; ``False``: none named."""
     global _stack_file, _stack_signal
     value = os.environ.get(ENV_STACK_SIGNAL, "")
     if not value:
-        return
+        return False
     try:
         signum = int(value)
     except ValueError:
@@ -143,6 +146,7 @@ def _register_stack_dump(path: str) -> None:
         raise
     _stack_file = stack_file
     _stack_signal = signum
+    return True
 
 
 def _unregister_stack_dump_in_child() -> None:

@@ -24,6 +24,7 @@ from elastic_healthcheck._rankrecord import (
     ENV_STACK_SIGNAL,
     FLAG_BOOTSTRAP,
     FLAG_EXITED,
+    FLAG_STACKS,
     create_record,
     read_record,
     record_path,
@@ -253,7 +254,7 @@ def test_optimizer_steps_count_as_progress_and_the_end_marks_exited(tmp_path):
     assert record.global_rank == 5
     assert record.steps == 7
     assert record.progress_time >= before
-    assert record.flags == FLAG_BOOTSTRAP | FLAG_EXITED
+    assert record.flags == FLAG_BOOTSTRAP | FLAG_STACKS | FLAG_EXITED
 
 
 def test_steps_count_when_a_library_asked_find_spec_for_torch_first(tmp_path):
@@ -282,7 +283,7 @@ def test_a_crashed_script_is_not_marked_exited(tmp_path):
     assert out.returncode == 1
     record = read_record(path)
     assert record is not None and record.pid != 0
-    assert record.flags == FLAG_BOOTSTRAP
+    assert record.flags == FLAG_BOOTSTRAP | FLAG_STACKS
 
 
 def test_system_exit_marks_exited_and_keeps_its_code(tmp_path):
@@ -291,7 +292,7 @@ def test_system_exit_marks_exited_and_keeps_its_code(tmp_path):
     out = run([*BOOTSTRAP, "leave.py"], tmp_path, rank_environment(tmp_path))
     assert out.returncode == 3
     record = read_record(path)
-    assert record is not None and record.flags == FLAG_BOOTSTRAP | FLAG_EXITED
+    assert record is not None and record.flags == FLAG_BOOTSTRAP | FLAG_STACKS | FLAG_EXITED
 
 
 def test_beat_shares_the_bootstrap_record(tmp_path):
@@ -308,7 +309,7 @@ def test_beat_shares_the_bootstrap_record(tmp_path):
     assert out.returncode == 0, out.stderr
     record = read_record(path)
     assert record is not None and record.steps == 4
-    assert record.flags == FLAG_BOOTSTRAP | FLAG_EXITED
+    assert record.flags == FLAG_BOOTSTRAP | FLAG_STACKS | FLAG_EXITED
 
 
 COLLECTIVES = """
@@ -424,6 +425,9 @@ def test_set_up_failures_are_one_warning_and_the_script_runs(tmp_path):
     assert bad_signal.returncode == 0 and bad_signal.stdout == "trained\n"
     assert len(bad_signal.stderr.splitlines()) == 1
     assert "Cannot dump the stacks of local rank 0" in bad_signal.stderr
+    record = read_record(record_path(str(tmp_path), 0))
+    assert record is not None
+    assert record.flags == FLAG_BOOTSTRAP | FLAG_EXITED  # never signal this one
 
 
 def test_a_bad_loglevel_does_not_stop_the_warning_or_the_script(tmp_path):
@@ -510,6 +514,7 @@ def test_a_rank_hung_in_a_collective_shows_it_and_dumps_all_stacks_on_the_signal
         record = wait_until(inside, "rank 0 to enter all_reduce")
         assert record.collective == "all_reduce"
         assert record.pid == processes[0].pid
+        assert record.flags & FLAG_STACKS
         stacks = Path(stack_path(str(tmp_path), 0))
         processes[0].send_signal(signal.SIGUSR1)
         text = wait_until(
