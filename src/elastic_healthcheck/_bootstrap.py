@@ -121,7 +121,7 @@ def set_up() -> None:
     if torch is not None:  # imported already (a .pth file, sitecustomize)
         _hook_torch(torch)
     else:
-        sys.meta_path.insert(0, _TorchImportHook(_hook_torch))
+        sys.meta_path.insert(0, _PostImportHook("torch", _hook_torch))
 
 
 def _warn(message: str, *args: object) -> None:
@@ -165,22 +165,23 @@ if hasattr(os, "register_at_fork"):
 # --- torch hooks -------------------------------------------------------------------------
 
 
-class _TorchImportHook:
-    """A ``sys.meta_path`` finder that calls ``on_import(torch)`` once torch has loaded.
+class _PostImportHook:
+    """A ``sys.meta_path`` finder that calls ``on_import(module)`` once ``name`` has loaded.
 
-    It finds nothing itself: for ``torch`` it asks the finders after it and wraps the found
+    It finds nothing itself: for ``name`` it asks the other finders and wraps the found
     loader's ``exec_module``. A spec found only to ask whether torch is installed
     (``importlib.util.find_spec("torch")``, as many libraries do) is never executed, so
     the finder stays in ``sys.meta_path`` until torch's own module runs.
     """
 
-    def __init__(self, on_import: Callable[[types.ModuleType], None]) -> None:
+    def __init__(self, name: str, on_import: Callable[[types.ModuleType], None]) -> None:
+        self._name = name
         self._on_import = on_import
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
     ) -> ModuleSpec | None:
-        if fullname != "torch":
+        if fullname != self._name:
             return None
         for finder in sys.meta_path:
             find_spec = None if finder is self else getattr(finder, "find_spec", None)
@@ -210,7 +211,7 @@ class _TorchImportHook:
         try:
             loader.exec_module = exec_and_hook  # type: ignore[method-assign]
         except (AttributeError, TypeError) as exc:
-            _warn("Cannot hook the import of torch: %s", exc)
+            _warn("Cannot hook the import of %s: %s", self._name, exc)
         return spec
 
     def _remove(self) -> bool:
