@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import elastic_healthcheck
 from elastic_healthcheck._rankrecord import (
     ENV_DIR,
     ENV_LOCAL_RANK,
@@ -33,7 +34,8 @@ from elastic_healthcheck._rankrecord import (
 
 pytestmark = pytest.mark.torch
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+# Where the package under test was imported from (src/, or the installed wheel in CI).
+SRC = str(Path(elastic_healthcheck.__file__).resolve().parents[1])
 BOOTSTRAP = ["-m", "elastic_healthcheck._bootstrap"]
 DEADLINE = 120.0  # seconds for one subprocess; torch imports slowly on a loaded machine
 
