@@ -23,7 +23,15 @@ uncaught exception, and ``SystemExit`` codes passed through. Known differences:
 bootstrap's frames in its traceback.
 
 Health reporting never stops training: whatever fails in the set-up is logged as one
-WARNING line and the script runs anyway.
+WARNING line and the script runs anyway. The record's ``FLAG_STACKS`` is set only once the
+stack dump is registered: before that, the signal would end the worker.
+
+What the collective notes cannot see: a collective with ``async_op=True`` (and every NCCL
+collective) has left when it returns, and its wait happens later in ``Work.wait()``; only
+the outermost collective of the process counts, so one started by another thread while a
+collective is open is not counted; under ``torch.compile`` a traced collective is part of
+the graph and is not noted. A script that sets its own handler for the stack signal
+replaces the dump.
 """
 
 from __future__ import annotations
