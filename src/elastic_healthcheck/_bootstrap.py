@@ -23,7 +23,15 @@ uncaught exception, and ``SystemExit`` codes passed through. Known differences:
 bootstrap's frames in its traceback.
 
 Health reporting never stops training: whatever fails in the set-up is logged as one
-WARNING line and the script runs anyway.
+WARNING line and the script runs anyway. The record's ``FLAG_STACKS`` is set only once the
+stack dump is registered: before that, the signal would end the worker.
+
+What the collective notes cannot see: a collective with ``async_op=True`` (and every NCCL
+collective) has left when it returns, and its wait happens later in ``Work.wait()``; only
+the outermost collective of the process counts, so one started by another thread while a
+collective is open is not counted; under ``torch.compile`` a traced collective is part of
+the graph and is not noted. A script that sets its own handler for the stack signal
+replaces the dump.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from ._rankrecord import (
     ENV_LOCAL_RANK,
     ENV_STACK_SIGNAL,
     FLAG_BOOTSTRAP,
+    FLAG_STACKS,
     RankRecord,
     record_path,
     stack_path,
@@ -112,27 +121,27 @@ def set_up() -> None:
     _record = record
     worker._adopt(record)
     try:
-        _register_stack_dump(stack_path(directory, local_rank))
+        if _register_stack_dump(stack_path(directory, local_rank)):
+            record.set_flags(FLAG_STACKS)
     except Exception as exc:
         _warn("Cannot dump the stacks of local rank %s on a signal: %s", local_rank, exc)
     torch = sys.modules.get("torch")
     if torch is not None:  # imported already (a .pth file, sitecustomize)
         _hook_torch(torch)
     else:
-        sys.meta_path.insert(0, _TorchImportHook(_hook_torch))
+        sys.meta_path.insert(0, _PostImportHook("torch", _hook_torch))
 
 
 def _warn(message: str, *args: object) -> None:
-    from .logging import get_logger
-
-    get_logger(__name__).warning(message, *args)
+    worker._warn(__name__, message, *args)
 
 
-def _register_stack_dump(path: str) -> None:
+def _register_stack_dump(path: str) -> bool:
+    """Dump all threads' stacks to ``path`` on the agent's signal; ``False``: none named."""
     global _stack_file, _stack_signal
     value = os.environ.get(ENV_STACK_SIGNAL, "")
     if not value:
-        return
+        return False
     try:
         signum = int(value)
     except ValueError:
@@ -145,6 +154,7 @@ def _register_stack_dump(path: str) -> None:
         raise
     _stack_file = stack_file
     _stack_signal = signum
+    return True
 
 
 def _unregister_stack_dump_in_child() -> None:
@@ -163,24 +173,26 @@ if hasattr(os, "register_at_fork"):
 # --- torch hooks -------------------------------------------------------------------------
 
 
-class _TorchImportHook:
-    """A ``sys.meta_path`` finder that calls ``on_import(torch)`` once torch has loaded.
+class _PostImportHook:
+    """A ``sys.meta_path`` finder that calls ``on_import(module)`` once ``name`` has loaded.
 
-    It finds nothing itself: for ``torch`` it asks the finders after it, wraps the found
-    loader's ``exec_module`` for that one import, and takes itself out of ``sys.meta_path``.
+    It finds nothing itself: for ``name`` it asks the other finders and wraps the found
+    loader's ``exec_module``. A spec found only to ask whether torch is installed
+    (``importlib.util.find_spec("torch")``, as many libraries do) is never executed, so
+    the finder stays in ``sys.meta_path`` until torch's own module runs.
     """
 
-    def __init__(self, on_import: Callable[[types.ModuleType], None]) -> None:
+    def __init__(self, name: str, on_import: Callable[[types.ModuleType], None]) -> None:
+        self._name = name
         self._on_import = on_import
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
     ) -> ModuleSpec | None:
-        if fullname != "torch":
+        if fullname != self._name:
             return None
-        self._remove()
         for finder in sys.meta_path:
-            find_spec = getattr(finder, "find_spec", None)
+            find_spec = None if finder is self else getattr(finder, "find_spec", None)
             if find_spec is None:
                 continue
             spec: ModuleSpec | None = find_spec(fullname, path, target)
@@ -192,27 +204,30 @@ class _TorchImportHook:
         exec_module = getattr(loader, "exec_module", None)
         if loader is None or exec_module is None:
             return spec
-        on_import = self._on_import
 
         def exec_and_hook(module: types.ModuleType) -> None:
             try:
                 del loader.exec_module
             except AttributeError:
                 pass
+            if not self._remove():
+                exec_module(module)  # hooked already, by another spec
+                return
             exec_module(module)
-            on_import(module)
+            self._on_import(module)
 
         try:
             loader.exec_module = exec_and_hook  # type: ignore[method-assign]
         except (AttributeError, TypeError) as exc:
-            _warn("Cannot hook the import of torch: %s", exc)
+            _warn("Cannot hook the import of %s: %s", self._name, exc)
         return spec
 
-    def _remove(self) -> None:
+    def _remove(self) -> bool:
         try:
             sys.meta_path.remove(self)
         except ValueError:
-            pass
+            return False
+        return True
 
 
 def _hook_torch(torch: types.ModuleType) -> None:
@@ -230,7 +245,8 @@ def _hook_torch(torch: types.ModuleType) -> None:
         _warn("Cannot note torch.distributed collectives: %s", exc)
 
 
-def _hook_optimizer(record: RankRecord) -> None:
+def _hook_optimizer(record: RankRecord) -> Any:
+    """Count every optimizer step; returns torch's handle (``.remove()`` undoes it)."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     progress = record.progress
@@ -238,7 +254,7 @@ def _hook_optimizer(record: RankRecord) -> None:
     def count_step(optimizer: object, args: object, kwargs: object) -> None:
         progress()
 
-    register_optimizer_step_post_hook(count_step)
+    return register_optimizer_step_post_hook(count_step)
 
 
 def _hook_collectives(record: RankRecord) -> None:
@@ -352,7 +368,7 @@ def _run_path_entry(args: list[str]) -> None:
     """A directory or zip file: python puts it first on sys.path and runs its __main__."""
     from importlib.machinery import PathFinder
 
-    path = args[0]
+    path = args[0] if os.path.isabs(args[0]) else os.path.join(os.getcwd(), args[0])
     spec = PathFinder.find_spec("__main__", [path])
     if spec is None or spec.loader is None:
         sys.stderr.write(f"{sys.executable}: can't find '__main__' module in {path!r}\n")

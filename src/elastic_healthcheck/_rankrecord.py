@@ -19,7 +19,8 @@ never seen half written on the platforms torch runs on)::
         48  f64   time the current collective was entered
         56  u64   code of the current collective (see COLLECTIVES)
         64  u64   collectives left
-        72  u64   flags (1 = exited normally, 2 = the bootstrap is in)
+        72  u64   flags (1 = exited normally, 2 = the bootstrap is in,
+                  4 = the stack dump is registered: only then may the signal be sent)
         80  ...   reserved
 
 A rank is inside a collective while ``entered > left``. Only the outermost collective
@@ -44,6 +45,7 @@ __all__ = [
     "ENV_LOCAL_RANK",
     "ENV_STACK_SIGNAL",
     "FLAG_BOOTSTRAP",
+    "FLAG_STACKS",
     "FLAG_EXITED",
     "RECORD_SIZE",
     "RankRecord",
@@ -65,6 +67,9 @@ RECORD_SIZE = 128
 MAGIC = 0x31434845  # b"EHC1" read as a little-endian u32
 FLAG_EXITED = 1
 FLAG_BOOTSTRAP = 2
+# Set once faulthandler handles the stack signal. Before that (and without the bootstrap)
+# the signal's default action would end the worker: SIGUSR1's is to terminate.
+FLAG_STACKS = 4
 
 # The torch.distributed collectives the bootstrap notes, by code (0 = none). Append only:
 # the code is what crosses the process boundary.

@@ -17,7 +17,7 @@ agent created in its directory (``ELASTIC_HEALTHCHECK_WORKER_DIR``) for the rank
 in; otherwise (``--no-python`` launches, the bootstrap switched off) it opens the record on
 its first call and marks the rank's start itself. Anywhere else (plain ``torchrun``,
 ``python train.py``, a test) it does nothing. It never raises into the training loop,
-needs no torch, and costs about 0.1 us outside the integration (about 0.3 us inside).
+needs no torch, and costs about 0.05 us outside the integration (0.2 us inside).
 
 Only the process that started the rank writes its record. A process forked from a worker
 (a DataLoader worker, say) never beats for it, and neither does a child started with the
@@ -88,14 +88,12 @@ def _set_up() -> Callable[[], None]:
     if not directory or local_rank is None or _in_child_process():
         return _nothing
     from ._rankrecord import RankRecord
-    from .logging import get_logger
 
     path = record_path(directory, local_rank)
     try:
         record = RankRecord(path)
     except (OSError, ValueError) as exc:
-        log = get_logger(__name__)
-        log.warning("Cannot report progress for local rank %s: %s", local_rank, exc)
+        _warn(__name__, "Cannot report progress for local rank %s: %s", local_rank, exc)
         return _nothing
     owner = record.owner
     if owner == 0:
@@ -109,6 +107,19 @@ def _set_up() -> Callable[[], None]:
     _record = record
     _progress = record.progress
     return record.progress
+
+
+def _warn(logger: str, message: str, *args: object) -> None:
+    """Log a WARNING that never raises (health reporting never stops training)."""
+    import logging
+
+    from .logging import get_logger
+
+    try:
+        log = get_logger(logger)
+    except ValueError:  # LOGLEVEL is not a level: say it anyway
+        log = logging.getLogger(logger)
+    log.warning(message, *args)
 
 
 def _in_child_process() -> bool:

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
+import elastic_healthcheck
 from elastic_healthcheck._rankrecord import (
     ENV_DIR,
     ENV_LOCAL_RANK,
     ENV_STACK_SIGNAL,
     FLAG_BOOTSTRAP,
     FLAG_EXITED,
+    FLAG_STACKS,
     create_record,
     read_record,
     record_path,
@@ -32,7 +34,8 @@ from elastic_healthcheck._rankrecord import (
 
 pytestmark = pytest.mark.torch
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+# Where the package under test was imported from (src/, or the installed wheel in CI).
+SRC = str(Path(elastic_healthcheck.__file__).resolve().parents[1])
 BOOTSTRAP = ["-m", "elastic_healthcheck._bootstrap"]
 DEADLINE = 120.0  # seconds for one subprocess; torch imports slowly on a loaded machine
 
@@ -129,6 +132,12 @@ def test_package_main_runs_as_under_python_m(tmp_path):
     out = assert_same_as_python(["-m", "kit", "go"], tmp_path)
     assert "spec kit.__main__" in out.stdout
     assert "package 'kit'" in out.stdout
+
+
+def test_directory_with_main_runs_as_under_python(tmp_path):
+    write(tmp_path / "bundle" / "__main__.py", SHOW_MAIN + "\nshow()\n")
+    out = assert_same_as_python(["bundle", "x"], tmp_path)
+    assert "argv ['bundle', 'x']" in out.stdout and "spec __main__" in out.stdout
 
 
 def test_missing_module_and_missing_script_fail_as_under_python(tmp_path):
@@ -247,7 +256,26 @@ def test_optimizer_steps_count_as_progress_and_the_end_marks_exited(tmp_path):
     assert record.global_rank == 5
     assert record.steps == 7
     assert record.progress_time >= before
-    assert record.flags == FLAG_BOOTSTRAP | FLAG_EXITED
+    assert record.flags == FLAG_BOOTSTRAP | FLAG_STACKS | FLAG_EXITED
+
+
+def test_steps_count_when_a_library_asked_find_spec_for_torch_first(tmp_path):
+    """Libraries probe with importlib.util.find_spec("torch") before importing it."""
+    path = new_record(tmp_path)
+    write(tmp_path / "train.py", "import importlib.util\nimportlib.util.find_spec('torch')\n")
+    with open(tmp_path / "train.py", "a") as script:
+        script.write(textwrap.dedent(TRAIN))
+    out = run([*BOOTSTRAP, "train.py", "3"], tmp_path, rank_environment(tmp_path))
+    assert out.returncode == 0, out.stderr
+    record = read_record(path)
+    assert record is not None and record.steps == 3
+
+
+def test_the_bootstrap_does_not_import_torch(tmp_path):
+    new_record(tmp_path)
+    write(tmp_path / "lazy.py", "import sys\nprint('torch' in sys.modules)\n")
+    out = run([*BOOTSTRAP, "lazy.py"], tmp_path, rank_environment(tmp_path))
+    assert (out.returncode, out.stdout, out.stderr) == (0, "False\n", "")
 
 
 def test_a_crashed_script_is_not_marked_exited(tmp_path):
@@ -257,7 +285,16 @@ def test_a_crashed_script_is_not_marked_exited(tmp_path):
     assert out.returncode == 1
     record = read_record(path)
     assert record is not None and record.pid != 0
-    assert record.flags == FLAG_BOOTSTRAP
+    assert record.flags == FLAG_BOOTSTRAP | FLAG_STACKS
+
+
+def test_system_exit_marks_exited_and_keeps_its_code(tmp_path):
+    path = new_record(tmp_path)
+    write(tmp_path / "leave.py", "import sys\nsys.exit(3)\n")
+    out = run([*BOOTSTRAP, "leave.py"], tmp_path, rank_environment(tmp_path))
+    assert out.returncode == 3
+    record = read_record(path)
+    assert record is not None and record.flags == FLAG_BOOTSTRAP | FLAG_STACKS | FLAG_EXITED
 
 
 def test_beat_shares_the_bootstrap_record(tmp_path):
@@ -274,7 +311,7 @@ def test_beat_shares_the_bootstrap_record(tmp_path):
     assert out.returncode == 0, out.stderr
     record = read_record(path)
     assert record is not None and record.steps == 4
-    assert record.flags == FLAG_BOOTSTRAP | FLAG_EXITED
+    assert record.flags == FLAG_BOOTSTRAP | FLAG_STACKS | FLAG_EXITED
 
 
 COLLECTIVES = """
@@ -331,6 +368,10 @@ FORKS = """
             beat()
         os._exit(0)
     os.waitpid(pid, 0)
+    from elastic_healthcheck._rankrecord import ENV_DIR, ENV_LOCAL_RANK, read_record, record_path
+
+    record = read_record(record_path(os.environ[ENV_DIR], os.environ[ENV_LOCAL_RANK]))
+    print(record.steps, record.pid == os.getpid())
     optimizer.step()
 """
 
@@ -340,9 +381,9 @@ def test_a_forked_child_never_writes_the_record(tmp_path):
     write(tmp_path / "forks.py", FORKS)
     out = run([*BOOTSTRAP, "forks.py"], tmp_path, rank_environment(tmp_path))
     assert out.returncode == 0, out.stderr
+    assert out.stdout == "1 True\n"  # after the child's ten events, only the parent's step
     record = read_record(path)
-    assert record is not None
-    assert record.steps == 2  # the parent's two steps, none of the child's ten events
+    assert record is not None and record.steps == 2
 
 
 def test_a_spawned_child_never_writes_the_record(tmp_path):
@@ -386,6 +427,17 @@ def test_set_up_failures_are_one_warning_and_the_script_runs(tmp_path):
     assert bad_signal.returncode == 0 and bad_signal.stdout == "trained\n"
     assert len(bad_signal.stderr.splitlines()) == 1
     assert "Cannot dump the stacks of local rank 0" in bad_signal.stderr
+    record = read_record(record_path(str(tmp_path), 0))
+    assert record is not None
+    assert record.flags == FLAG_BOOTSTRAP | FLAG_EXITED  # never signal this one
+
+
+def test_a_bad_loglevel_does_not_stop_the_warning_or_the_script(tmp_path):
+    env = rank_environment(tmp_path / "nowhere", LOGLEVEL="LOUD")
+    write(tmp_path / "hello.py", "print('trained')\n")
+    out = run([*BOOTSTRAP, "hello.py"], tmp_path, env)
+    assert (out.returncode, out.stdout) == (0, "trained\n")
+    assert "Cannot report progress for local rank 0" in out.stderr
 
 
 def test_outside_the_integration_the_bootstrap_only_runs_the_script(tmp_path):
@@ -464,6 +516,7 @@ def test_a_rank_hung_in_a_collective_shows_it_and_dumps_all_stacks_on_the_signal
         record = wait_until(inside, "rank 0 to enter all_reduce")
         assert record.collective == "all_reduce"
         assert record.pid == processes[0].pid
+        assert record.flags & FLAG_STACKS
         stacks = Path(stack_path(str(tmp_path), 0))
         processes[0].send_signal(signal.SIGUSR1)
         text = wait_until(
