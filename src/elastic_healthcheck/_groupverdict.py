@@ -10,7 +10,9 @@ not running     any                                            alive: the agent 
 running         some rank has made no progress yet, before     alive: the group is
                 the startup deadline                           starting
 running         a rank made no progress by the deadline        dead, that rank blamed
-running         every rank progressed within ``timeout``       alive
+running         every rank progressed within ``timeout``, or   alive
+                waits in a collective a progressing peer has
+                not reached yet
 running         some rank stalled longer than ``timeout``      dead, blamed when it
                                                                can be told
 ==============  =============================================  ======================
@@ -37,7 +39,7 @@ from .status import HealthStatus, Verdict, evaluate
 
 __all__ = ["RANK_STATES", "group_status", "rank_state"]
 
-RANK_STATES = ("starting", "progressing", "stalled", "exited")
+RANK_STATES = ("starting", "progressing", "waiting", "stalled", "exited")
 
 # torch's agent callback returns whole epoch seconds (int(time.time())): allow it one
 # second of rounding, so that a sub-second timeout follows the ranks, not the clock's tick.
@@ -45,12 +47,29 @@ AGENT_CALLBACK_ROUNDING = 1.0
 
 
 def rank_state(snapshot: RankSnapshot, exited: bool, timeout: float, now: float) -> str:
-    """One local rank's state: starting, progressing, stalled or exited."""
+    """One local rank's own state: starting, progressing, stalled or exited.
+
+    (``waiting`` needs its peers: see :func:`_excused`.)
+    """
     if exited or snapshot.exited:
         return "exited"
     if not snapshot.progress_time:
         return "starting"
     return "progressing" if now - snapshot.progress_time <= timeout else "stalled"
+
+
+def _excused(rank: str, ranks: Mapping[str, RankSnapshot], states: Mapping[str, str]) -> bool:
+    """A stalled rank waits, not hangs: it is inside its n-th collective and a local peer
+    that is starting or progressing has entered fewer than n, so is still on its way to
+    it (the slow rank of a skewed start that has just taken its first step)."""
+    snapshot = ranks[rank]
+    if not snapshot.in_collective:
+        return False
+    return any(
+        states[peer] in ("starting", "progressing") and ranks[peer].entered < snapshot.entered
+        for peer in ranks
+        if peer != rank
+    )
 
 
 def _age(snapshot: RankSnapshot, now: float) -> float:
@@ -166,6 +185,9 @@ def group_status(
         )
     order = sorted(ranks, key=int)
     states = {r: rank_state(ranks[r], r in exited, timeout, now) for r in order}
+    states.update(
+        {r: "waiting" for r in order if states[r] == "stalled" and _excused(r, ranks, states)}
+    )
     detail["ranks"] = {r: _describe(ranks[r], states[r], now) for r in order}
     progress = {r: s.progress_time for r, s in ranks.items() if states[r] != "exited"}
     if progress:
@@ -197,6 +219,17 @@ def group_status(
     stalled = [r for r in active if states[r] == "stalled"]
     if not stalled:
         detail["suspect_ranks"] = []
+        waiting = [r for r in active if states[r] == "waiting"]
+        moving = [r for r in active if states[r] == "progressing"]
+        if waiting:
+            detail["summary"] = (
+                f"{_names(moving)} progressing; {_names(waiting)} "
+                f"wait{'s' if len(waiting) == 1 else ''} in a collective "
+                f"{'it has' if len(moving) == 1 else 'they have'} not reached yet"
+            )
+            # The group moves: its age is that of its most recent progress.
+            newest = max(active[r].progress_time for r in moving)
+            return evaluate(newest, timeout, now).with_detail(detail)
         detail["summary"] = f"{_names(list(active))} progressing"
         return status.with_detail(detail)
     suspects, why = _blame(stalled, active, timeout)

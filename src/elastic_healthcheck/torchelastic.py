@@ -44,7 +44,7 @@ from ._rankrecord import (
     ENV_DIR,
     ENV_LOCAL_RANK,
     ENV_STACK_SIGNAL,
-    FLAG_BOOTSTRAP,
+    FLAG_STACKS,
     RankSnapshot,
     create_record,
     read_record,
@@ -94,6 +94,7 @@ BOOTSTRAP_MODULE = "elastic_healthcheck._bootstrap"
 TORCH_INTERNALS = (
     "torch.distributed.elastic.agent.server.local_elastic_agent.create_healthcheck_server",
     "torch.distributed.elastic.agent.server.local_elastic_agent.start_processes",
+    "torch.distributed.elastic.multiprocessing.api.SignalException",
     "torch.distributed.elastic.agent.server.api.SimpleElasticAgent.run",
     "torch.distributed.elastic.agent.server.api.SimpleElasticAgent._rendezvous",
     "torch.distributed.elastic.agent.server.api.SimpleElasticAgent._exit_barrier",
@@ -305,6 +306,8 @@ class Integration:
         self._patches: list[tuple[object, str, object]] = []
         self._environ: dict[str, str | None] = {}
         self._watch = _HangWatch(self._state)
+        # Exceptions a health check must never swallow (torch's SignalException).
+        self._passthrough: tuple[type[BaseException], ...] = ()
 
     @property
     def server(self) -> HealthCheckServer | None:
@@ -516,6 +519,12 @@ class Integration:
         ) -> HealthCheckServer:
             return _AgentHandle(alive_callback, port, timeout)
 
+        try:
+            from torch.distributed.elastic.multiprocessing.api import SignalException
+        except ImportError:
+            _missing("torch.distributed.elastic.multiprocessing.api.SignalException")
+        else:
+            self._passthrough = (SignalException,)
         integration = self
         self._replace(local_elastic_agent, "create_healthcheck_server", factory)
         spawn = getattr(local_elastic_agent, "start_processes", None)
@@ -539,7 +548,9 @@ class Integration:
     def _monitored(self, agent: object, worker_group: object, result: object) -> None:
         try:
             self._monitor(agent)
-        except Exception:  # never let health checking break the agent's loop
+        except Exception as exc:  # never let health checking break the agent's loop...
+            if isinstance(exc, self._passthrough):
+                raise  # ...but torch's SIGTERM (SignalException) must end it as it would
             log.warning("Cannot check the worker group for a hang", exc_info=True)
 
     def _replace(self, owner: object, name: str, value: object) -> None:
@@ -668,7 +679,12 @@ class _HangWatch:
             if not isinstance(info, Mapping) or info.get("state") not in ("stalled", "starting"):
                 continue
             snapshot = read_record(record_path(self._state.rank_dir, rank))
-            if snapshot is None or not snapshot.flags & FLAG_BOOTSTRAP or not snapshot.pid:
+            if (
+                snapshot is None
+                or not snapshot.flags & FLAG_STACKS  # no handler: the signal would kill it
+                or snapshot.exited
+                or not snapshot.pid
+            ):
                 stacks[rank] = "(no stack: the worker did not start through the bootstrap)\n"
                 continue
             text = capture_stack(snapshot.pid, stack_path(self._state.rank_dir, rank), deadline)

@@ -161,6 +161,9 @@ class Launch:
                 self.process.wait()
             for reader in self._readers:
                 reader.join(10)
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
             if self._prober is not None:
                 self._prober.join(10)
         return self.process.returncode, self.stdout(), self.stderr()

@@ -193,3 +193,34 @@ def test_extra_detail_is_merged():
 )  # fmt: skip
 def test_rank_state(ago, exited, expected):
     assert rank_state(rank(ago), exited, TIMEOUT, NOW) == expected
+
+
+def test_a_rank_waiting_for_a_peer_that_just_started_is_waiting_not_stalled():
+    """Skewed start, the moment the slow rank takes its first step: its peer has waited
+    in collective #1 for longer than the timeout, and is about to be released."""
+    status = verdict(
+        {"0": rank(7, entered=1, inside="all_reduce", inside_for=7), "1": rank(0.01, entered=0)}
+    )
+    assert status.alive, status.detail
+    assert status.detail["ranks"]["0"]["state"] == "waiting"
+    assert status.detail["ranks"]["1"]["state"] == "progressing"
+    assert "local rank 0 waits in a collective it has not reached yet" in status.detail["summary"]
+    assert status.age == pytest.approx(0.01)
+
+
+def test_waiting_during_startup_is_said():
+    status = verdict(
+        {"0": rank(7, entered=1, inside="all_reduce", inside_for=7), "1": rank(None)},
+        started_ago=8,
+    )
+    assert status.alive
+    assert status.detail["ranks"]["0"]["state"] == "waiting"
+
+
+def test_a_rank_stuck_in_a_collective_its_progressing_peer_has_passed_is_stalled():
+    status = verdict(
+        {"0": rank(9, entered=3, inside="all_reduce", inside_for=9), "1": rank(0.1, entered=5)}
+    )
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["ranks"]["0"]["state"] == "stalled"
+    assert status.detail["suspect_ranks"] == ["0"]  # lags its peer by more than the timeout
