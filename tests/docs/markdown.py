@@ -140,7 +140,7 @@ def tables(path: Path) -> list[Table]:
             and re.fullmatch(r"\s*\|?[\s:|-]+\|?\s*", lines[index + 1])
             and "-" in lines[index + 1]
         ):
-            header = tuple(cell.lower() for cell in _cells(line))
+            header = tuple(cell.lower().replace("`", "") for cell in _cells(line))
             rows = []
             end = index + 2
             while end < len(lines) and lines[end].lstrip().startswith("|"):
