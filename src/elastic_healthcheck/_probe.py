@@ -23,6 +23,10 @@ import socket
 import time
 from collections.abc import Sequence
 
+TYPE_CHECKING = False  # typing costs milliseconds at start-up, and probe starts every few seconds
+if TYPE_CHECKING:
+    import queue
+
 __all__ = ["ProbeResult", "Target", "TargetError", "parse_target", "printable", "probe"]
 
 DEFAULT_PATH = "/healthz"
@@ -150,7 +154,17 @@ def parse_target(text: str) -> Target:
 
 
 class _Probe:
-    __slots__ = ("target", "sock", "state", "sent", "received", "started", "request", "result")
+    __slots__ = (
+        "target",
+        "sock",
+        "state",
+        "sent",
+        "received",
+        "started",
+        "request",
+        "result",
+        "deferred",
+    )
 
     def __init__(self, target: Target, started: float) -> None:
         self.target = target
@@ -161,6 +175,7 @@ class _Probe:
         self.started = started
         self.request = b""
         self.result: ProbeResult | None = None
+        self.deferred = False  # started late, for want of file descriptors
 
 
 def probe(targets: Sequence[Target], timeout: float = 1.0) -> list[ProbeResult]:
@@ -168,7 +183,8 @@ def probe(targets: Sequence[Target], timeout: float = 1.0) -> list[ProbeResult]:
 
     Every target starts at once, unless there are more than the open-file limit allows
     (``ulimit -n``): then as many as fit start at once and each of the others starts as
-    soon as one finishes, with its own full timeout.
+    soon as one finishes, with its own full timeout. A name to resolve counts against its
+    own targets' timeout only; IP addresses are probed while names resolve.
 
     Args:
         targets: What to probe, from :func:`parse_target`.
@@ -181,33 +197,34 @@ def probe(targets: Sequence[Target], timeout: float = 1.0) -> list[ProbeResult]:
 
     started = time.monotonic()
     probes = [_Probe(t, started) for t in targets]
-    addresses = _resolve([p.target for p in probes], timeout)
-    waiting = deque(probes)
+    selector = selectors.DefaultSelector()
+    resolver = _Resolver(probes, selector)
+    ready = deque(p for p in probes if p.target.host in resolver.found)
     window = _max_open()
     active: list[_Probe] = []
-    first_wave = True  # these count from the start, resolving included; later ones when they start
-    selector = selectors.DefaultSelector()
     try:
-        while waiting or active:
-            while waiting and len(active) < window:
-                item = waiting.popleft()
-                address = addresses.get(item.target.host)
+        while ready or active or resolver.waiting:
+            for host in resolver.answers():
+                ready.extend(resolver.waiting.pop(host, []))
+            while ready and len(active) < window:
+                item = ready.popleft()
+                address = resolver.found[item.target.host]
                 if isinstance(address, Exception):
                     _fail(item, f"cannot resolve {item.target.host}: {_describe(address)}")
                     continue
-                assert address is not None
-                if not first_wave:
+                if item.deferred:  # it waited for a file descriptor: its own full timeout
                     item.started = time.monotonic()
                 if not _connect(item, address, selector):  # out of file descriptors
                     if not active:
                         _fail(item, _describe(OSError(errno.EMFILE, os.strerror(errno.EMFILE))))
                         continue
-                    waiting.appendleft(item)  # retry once another probe has closed its socket
+                    ready.appendleft(item)  # retry once another probe has closed its socket
                     window = len(active)
                     break
                 if item.result is None:
                     active.append(item)
-            first_wave = False
+            for item in ready:
+                item.deferred = True
             now = time.monotonic()
             for item in active:
                 if now >= item.started + timeout:
@@ -216,16 +233,26 @@ def probe(targets: Sequence[Target], timeout: float = 1.0) -> list[ProbeResult]:
                         reason += ": the server sent nothing"
                     _finish(item, selector, error=reason)
             active = [p for p in active if p.result is None]
-            if not active:
+            if resolver.waiting and now >= started + timeout:
+                for host, waiting in resolver.waiting.items():
+                    for item in waiting:
+                        _fail(item, f"cannot resolve {host}: no answer within {timeout:g}s")
+                resolver.waiting.clear()
+            if not active and not resolver.waiting:
                 continue
-            wait = min(p.started for p in active) + timeout - now
-            for key, events in selector.select(min(max(wait, 0.0), _MAX_WAIT)):
-                _advance(key.data, events, selector)
+            deadlines = [p.started + timeout for p in active]
+            if resolver.waiting:
+                deadlines.append(started + timeout)
+            wait = min(max(min(deadlines) - now, 0.0), _MAX_WAIT)
+            for key, events in selector.select(wait):
+                if key.data is not None:
+                    _advance(key.data, events, selector)
             active = [p for p in active if p.result is None]
     finally:
         for item in probes:
             if item.sock is not None:
                 item.sock.close()
+        resolver.close()
         selector.close()
     return [p.result for p in probes if p.result is not None]
 
@@ -243,74 +270,110 @@ def _max_open() -> int:
     return max(1, soft - _SPARE_FDS)
 
 
-def _resolve(
-    targets: Sequence[Target], timeout: float
-) -> dict[str, tuple[int, tuple[object, ...]] | Exception]:
-    """Map each host to (family, sockaddr); IP addresses skip the resolver.
+_Address = tuple[int, tuple[object, ...]]
 
-    Names are looked up on daemon threads, and whatever has not answered within
-    ``timeout`` is a timeout: the threads are left behind, and a daemon thread does not
-    keep the process from exiting (a ``ThreadPoolExecutor``'s threads would: they are
-    joined at exit, so a hung resolver would hold the command past its timeout).
+
+class _Resolver:
+    """Addresses for the targets' hosts: IP addresses at once, names on daemon threads.
+
+    ``getaddrinfo`` blocks and cannot be cancelled, so names are looked up on a few
+    daemon threads that post each answer and wake the selector through a socket pair.
+    A lookup still running when the probe ends is left behind: a daemon thread does not
+    keep the process from exiting (a ``ThreadPoolExecutor``'s threads would, since they
+    are joined at exit, so a hung resolver would hold the command past its timeout).
     """
-    found: dict[str, tuple[int, tuple[object, ...]] | Exception] = {}
-    names: dict[str, int] = {}
-    for target in targets:
-        if target.host in found or target.host in names:
-            continue
-        for family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                socket.inet_pton(family, target.host)
-            except (OSError, ValueError):
+
+    def __init__(self, probes: Sequence[_Probe], selector: selectors.BaseSelector) -> None:
+        self.found: dict[str, _Address | Exception] = {}
+        self.waiting: dict[str, list[_Probe]] = {}  # host -> its probes, until it resolves
+        names: dict[str, int] = {}
+        for item in probes:
+            host = item.target.host
+            if host in self.found:
                 continue
-            found[target.host] = (family, (target.host, target.port))
-            break
-        else:
-            names[target.host] = target.port
-    if names:
+            if host in self.waiting:
+                self.waiting[host].append(item)
+                continue
+            address = _ip_address(host, item.target.port)
+            if address is not None:
+                self.found[host] = address
+            else:
+                self.waiting[host] = [item]
+                names[host] = item.target.port
+        self._wakeup: socket.socket | None = None
+        self._waker: socket.socket | None = None
+        if not names:
+            return
         import queue
         import threading
 
-        answers: queue.SimpleQueue[tuple[str, tuple[int, tuple[object, ...]] | Exception]]
-        answers = queue.SimpleQueue()
+        self._wakeup, self._waker = socket.socketpair()
+        self._wakeup.setblocking(False)
+        selector.register(self._wakeup, selectors.EVENT_READ, None)
+        self._answers: queue.SimpleQueue[tuple[str, _Address | Exception]] = queue.SimpleQueue()
         todo: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         for host, port in names.items():
             todo.put((host, port))
-
-        def lookups() -> None:
-            while True:
-                try:
-                    host, port = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-                    answers.put((host, (int(info[0]), tuple(info[4]))))
-                except Exception as exc:  # gaierror, UnicodeError for a bad IDNA name, ...
-                    answers.put((host, exc))
-
         for index in range(min(16, len(names))):
-            threading.Thread(target=lookups, name=f"probe-resolver-{index}", daemon=True).start()
-        deadline = time.monotonic() + timeout
-        missing = len(names)
-        while missing:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+            thread = threading.Thread(
+                target=self._lookups, args=(todo, self._waker), name=f"probe-resolver-{index}"
+            )
+            thread.daemon = True
+            thread.start()
+
+    def _lookups(self, todo: queue.SimpleQueue[tuple[str, int]], waker: socket.socket) -> None:
+        import queue
+
+        while True:
             try:
-                host, answer = answers.get(timeout=min(remaining, _MAX_WAIT))
+                host, port = todo.get_nowait()
             except queue.Empty:
-                continue
-            found[host] = answer
-            missing -= 1
-        for host in names:
-            found.setdefault(host, TimeoutError(f"no answer within {timeout:g}s"))
-    return found
+                return
+            answer: _Address | Exception
+            try:
+                info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+                answer = (int(info[0]), tuple(info[4]))
+            except Exception as exc:  # gaierror, UnicodeError for a bad IDNA name, ...
+                answer = exc
+            self._answers.put((host, answer))
+            try:
+                waker.send(b"\0")
+            except OSError:  # the probe is over and closed it: nobody is waiting
+                pass
+
+    def answers(self) -> list[str]:
+        """The hosts resolved since the last call (their addresses are in ``found``)."""
+        if self._wakeup is None:
+            return []
+        try:
+            while self._wakeup.recv(4096):
+                pass
+        except OSError:  # BlockingIOError: drained
+            pass
+        hosts = []
+        while not self._answers.empty():
+            host, answer = self._answers.get_nowait()
+            self.found[host] = answer
+            hosts.append(host)
+        return hosts
+
+    def close(self) -> None:
+        for sock in (self._wakeup, self._waker):
+            if sock is not None:
+                sock.close()
 
 
-def _connect(
-    item: _Probe, address: tuple[int, tuple[object, ...]], selector: selectors.BaseSelector
-) -> bool:
+def _ip_address(host: str, port: int) -> _Address | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family, (host, port)
+    return None
+
+
+def _connect(item: _Probe, address: _Address, selector: selectors.BaseSelector) -> bool:
     """Start connecting; False when there is no file descriptor left for the socket."""
     family, sockaddr = address
     sockaddr = (sockaddr[0], item.target.port, *sockaddr[2:])
