@@ -162,6 +162,31 @@ def _check_malformed(port: int, answer: str) -> None:
         assert 0.4 < time.monotonic() - started < 4
 
 
+def test_headers_every_response_has(servers):
+    """The sentence under the request table names the headers of every response."""
+    alive, _ = servers
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"Every response has (.*?)\.\s", readme, re.DOTALL)
+    assert match is not None
+    sentence = " ".join(match.group(1).split())
+    named = code_spans(sentence)
+    assert named[:4] == [
+        "Content-Length",
+        "Cache-Control: no-store",
+        "X-Content-Type-Options: nosniff",
+        "Date",
+    ], sentence
+    assert sentence.endswith("and no `Server` banner")
+    requests = [_get("/healthz"), _get("/metrics"), _get("/nope"), _get("/healthz", "DELETE")]
+    requests.append(b"GET /healthz HTTP/1.1\r\n\r\n")  # a 400
+    for request in requests:
+        _, headers, body = _exchange(alive, request)
+        assert int(headers["content-length"]) == len(body)
+        assert headers["cache-control"] == "no-store"
+        assert headers["x-content-type-options"] == "nosniff"
+        assert "date" in headers and "server" not in headers
+
+
 def test_json_field_table(servers):
     alive, _ = servers
     (table,) = _tables("json field", "meaning")
