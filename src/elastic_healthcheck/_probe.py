@@ -219,7 +219,7 @@ def probe(targets: Sequence[Target], timeout: float = 1.0) -> list[ProbeResult]:
                         _fail(item, _describe(OSError(errno.EMFILE, os.strerror(errno.EMFILE))))
                         continue
                     ready.appendleft(item)  # retry once another probe has closed its socket
-                    window = len(active)
+                    window = max(1, len(active))
                     break
                 if item.result is None:
                     active.append(item)

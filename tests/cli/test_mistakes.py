@@ -347,14 +347,18 @@ def test_a_hung_resolver_does_not_outlast_the_timeout(alive_port):
     assert elapsed < 10, elapsed  # 0.5 s and an interpreter, not 30 s
 
 
-def test_more_targets_than_the_open_file_limit_are_probed_in_turn(alive_port):
-    """With `ulimit -n 64`, 300 targets are all probed and reported; none is lost to EMFILE."""
+@pytest.mark.parametrize("knows_the_limit", [True, False], ids=["limit-read", "emfile-seen"])
+def test_more_targets_than_the_open_file_limit_are_probed_in_turn(alive_port, knows_the_limit):
+    """With `ulimit -n 64`, 300 targets are all probed and reported; none is lost to EMFILE,
+    whether the limit was read up front or only met as EMFILE."""
     targets = [f"127.0.0.1:{alive_port}"] * 299 + ["127.0.0.1:1"]
     code = (
         "import resource, sys\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
-        "from elastic_healthcheck._cli import main\n"
+        "from elastic_healthcheck import _probe\n"
+        + ("" if knows_the_limit else "_probe._max_open = lambda: 1 << 30\n")
+        + "from elastic_healthcheck._cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     result = subprocess.run(
