@@ -20,6 +20,7 @@ What runs (docs/writing-examples.md tells writers the same):
 from __future__ import annotations
 
 import doctest
+import json
 import os
 import re
 import shlex
@@ -99,6 +100,20 @@ def test_python_example(block, tmp_path, monkeypatch):
     code = compile("\n" * block.line + block.text, str(block.path), "exec")
     namespace: dict[str, object] = {"__name__": "__doc_example__", **_stand_ins()}
     exec(code, namespace)
+
+
+JSON_BLOCKS = [b for b in ALL_BLOCKS if b.language == "json"]
+
+
+@pytest.mark.parametrize("block", JSON_BLOCKS, ids=_ids(JSON_BLOCKS))
+def test_json_example_is_json(block):
+    """A JSON example is what a server sends: JSON, without NaN or Infinity."""
+    _skip_if_marked(block)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{block.where}: {constant} is not JSON")
+
+    json.loads(block.text, parse_constant=refuse)
 
 
 # -- console examples ----------------------------------------------------------------------
