@@ -369,14 +369,15 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"{PROG} serve: error: {exc}", file=sys.stderr)
             return 1
-        where = _where(server, args.port)
+        where, note = _where(server, args.port)
         source = (
             f"heartbeat file {args.heartbeat_file}"
             if args.heartbeat_file
             else "this process's clock"
         )
         print(
-            f"Serving {args.kind} health checks on {where}liveness: {source}); Ctrl-C to stop",
+            f"Serving {args.kind} health checks on {where} ({note}liveness: {source});"
+            " Ctrl-C to stop",
             flush=True,
         )
         stop.wait()  # a signal handler sets it; lock waits are interruptible on POSIX
@@ -387,19 +388,25 @@ def _serve(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
-def _where(server: object, port: int) -> str:
-    """Where ``server`` listens, as probe targets, and an open parenthesis to go on with."""
+def _where(server: object, port: int) -> tuple[str, str]:
+    """Where ``server`` listens, as probe targets, and a note for a wildcard address."""
     addresses = getattr(server, "addresses", None)
     if not addresses:
-        return f"port {getattr(server, 'port', port)} ("
+        return f"port {getattr(server, 'port', port)}", ""
+    from ._tcp import TCPHealthCheckServer
+
     shown = []
     wildcard = False
     for host, bound in addresses:
         wildcard = wildcard or host in ("::", "0.0.0.0", "")
         authority = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
-        http = hasattr(server, "url")
-        shown.append(f"http://{authority}/healthz" if http else f"tcp://{authority}")
-    return " and ".join(shown) + (" (every interface; " if wildcard else " (")
+        if hasattr(server, "url"):
+            shown.append(f"http://{authority}/healthz")
+        elif isinstance(server, TCPHealthCheckServer):
+            shown.append(f"tcp://{authority}")
+        else:
+            shown.append(authority)
+    return " and ".join(shown), "every interface; " if wildcard else ""
 
 
 def _now() -> float:
