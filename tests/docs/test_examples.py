@@ -102,6 +102,13 @@ def test_python_example(block, tmp_path, monkeypatch):
     exec(code, namespace)
 
 
+@pytest.mark.parametrize("path", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_dash_m_doctest_passes_on_the_whole_document(path):
+    """`python -m doctest README.md` works too: every session ends before its fence."""
+    result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+
+
 JSON_BLOCKS = [b for b in ALL_BLOCKS if b.language == "json"]
 
 
