@@ -111,7 +111,10 @@ TORCH_TIMEOUT = 60.0  # what LocalElasticAgent passes to create_healthcheck_serv
 
 PHASES = ("starting", "rendezvous", "running", "restarting", "exit_barrier", "stopped")
 
-_MISSING_TORCH = "the torch integration needs PyTorch: pip install 'elastic-healthcheck[torch]'"
+_MISSING_TORCH = (
+    "the torch integration needs PyTorch: pip install torch"
+    " (or, in a checkout of elastic-healthcheck: pip install '.[torch]')"
+)
 
 _lock = threading.Lock()
 _installed: Integration | None = None
