@@ -129,3 +129,18 @@ def test_haproxy_marks_the_server_down_while_dead_and_up_again(
         assert row["last_agt"].startswith("via agent : down (dead age=")
     last["progress"] = time.time()
     _wait_for(sock_path, lambda status: status == "UP")
+
+
+@pytest.mark.parametrize("agent_check", [False, True])
+def test_probe_reads_both_tcp_line_styles(agent_check, tcp_factory):
+    """``elastic-healthcheck probe`` reads the verdict with or without HAProxy's word."""
+    from elastic_healthcheck._probe import parse_target, probe
+
+    last = {"progress": time.time() - 600}
+    server = tcp_factory(lambda: last["progress"], timeout=60, agent_check=agent_check)
+    server.start()
+    (dead,) = probe([parse_target(f"tcp://127.0.0.1:{server.port}")], timeout=5)
+    last["progress"] = time.time()
+    (alive,) = probe([parse_target(f"tcp://127.0.0.1:{server.port}")], timeout=5)
+    assert (dead.verdict, alive.verdict) == ("dead", "alive")
+    assert dead.age is not None and dead.age >= 600
