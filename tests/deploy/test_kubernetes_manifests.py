@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -185,3 +186,8 @@ def test_training_job_relabeling(kubeflow, batch, expected):
     if match is not None:  # Prometheus writes $1, Python \1; an unmatched group is ""
         got = match.expand(re.sub(r"\$(\d)", r"\\\1", rule["replacement"]))
     assert got == expected
+
+
+def test_docs_show_the_same_relabeling():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    assert 'regex: "([^;]+);.*|;(.+)"' in docs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 from .conftest import DEPLOY
@@ -28,3 +29,10 @@ def test_promtool_test_rules(promtool):
     result = _run(promtool, "test", "rules", *map(str, RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_TESTS), result.stdout
+
+
+def test_docs_name_every_recording_rule_and_alert():
+    docs = (DEPLOY.parent / "docs" / "deploy.md").read_text()
+    names = re.findall(r"^\s*- (?:record|alert):\s*(\S+)\s*$", RULES.read_text(), re.MULTILINE)
+    assert len(names) == 18
+    assert [n for n in names if f"`{n}`" not in docs] == []

@@ -27,7 +27,7 @@ CONFIGS = {
     "tcp-check": (
         "tcp",
         {},
-        "option tcp-check\n    tcp-check expect rstring ^alive\\ \n"
+        "option tcp-check\n    tcp-check expect rstring ^alive\\ age=\n"
         f"    server s1 127.0.0.1:{{port}} {CHECKS}",
     ),
     "httpchk": (
@@ -132,15 +132,13 @@ def test_haproxy_marks_the_server_down_while_dead_and_up_again(
 
 
 @pytest.mark.parametrize("agent_check", [False, True])
-def test_probe_reads_both_tcp_line_styles(agent_check, tcp_factory):
+@pytest.mark.parametrize(("age", "verdict"), [(0, "alive"), (600, "dead")])
+def test_probe_reads_both_tcp_line_styles(agent_check, age, verdict, tcp_factory):
     """``elastic-healthcheck probe`` reads the verdict with or without HAProxy's word."""
     from elastic_healthcheck._probe import parse_target, probe
 
-    last = {"progress": time.time() - 600}
-    server = tcp_factory(lambda: last["progress"], timeout=60, agent_check=agent_check)
+    server = tcp_factory(lambda: time.time() - age, timeout=60, agent_check=agent_check)
     server.start()
-    (dead,) = probe([parse_target(f"tcp://127.0.0.1:{server.port}")], timeout=5)
-    last["progress"] = time.time()
-    (alive,) = probe([parse_target(f"tcp://127.0.0.1:{server.port}")], timeout=5)
-    assert (dead.verdict, alive.verdict) == ("dead", "alive")
-    assert dead.age is not None and dead.age >= 600
+    (result,) = probe([parse_target(f"tcp://127.0.0.1:{server.port}")], timeout=5)
+    assert result.verdict == verdict
+    assert result.age is not None and result.age >= age
