@@ -26,14 +26,15 @@ AGENT_PHASES = ("starting", "rendezvous", "running", "restarting", "exit_barrier
 # progress within the timeout, none for longer than the timeout, its worker has ended.
 RANK_STATES = ("starting", "progressing", "stalled", "exited")
 
-_Family = Callable[[str, str, str, "list[tuple[str, float]]"], None]
+_Family = Callable[[str, str, str, list[tuple[str, float]]], None]
 
 
 def render_metrics(status: HealthStatus, probes: Mapping[Verdict, int]) -> bytes:
-    """Render the verdict and the probe counters as Prometheus text.
+    """Render the verdict, the probe counters and what the verdict's detail adds.
 
     Args:
-        status: The current verdict.
+        status: The current verdict; its ``detail`` (the torch integration's phase and
+            ranks) adds the families of :func:`_render_detail`.
         probes: Health probes answered so far, by verdict.
 
     Returns:
