@@ -518,6 +518,8 @@ def _from_tcp(item: _Probe) -> ProbeResult:
     latency = time.monotonic() - item.started
     text = item.target.text
     line, newline, _ = item.received.partition(b"\n")
+    if line.startswith((b"up #", b"down #")):  # agent_check=True: HAProxy's word, then ours
+        line = line.partition(b"#")[2]
     words = line.rstrip(b"\r").decode("ascii", "replace").split(" ")
     verdict = words[0]
     if not item.received:
