@@ -24,7 +24,7 @@ AGENT_PHASES = ("starting", "rendezvous", "running", "restarting", "exit_barrier
 
 # A local rank's state in the torchrun verdict: no progress yet since its worker started,
 # progress within the timeout, none for longer than the timeout, its worker has ended.
-RANK_STATES = ("starting", "progressing", "stalled", "exited")
+RANK_STATES = ("starting", "progressing", "waiting", "stalled", "exited")
 
 _Family = Callable[[str, str, str, list[tuple[str, float]]], None]
 

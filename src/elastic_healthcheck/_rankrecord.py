@@ -60,8 +60,8 @@ __all__ = [
 ENV_DIR = "ELASTIC_HEALTHCHECK_WORKER_DIR"  # the agent's rank directory
 # The worker's index in the group. Not LOCAL_RANK: torch's virtual local rank mode sets
 # LOCAL_RANK=0 in every worker.
-ENV_LOCAL_RANK = "ELASTIC_HEALTHCHECK_LOCAL_RANK"
-ENV_STACK_SIGNAL = "ELASTIC_HEALTHCHECK_STACK_SIGNAL"  # the signal that dumps the stacks
+ENV_LOCAL_RANK = "ELASTIC_HEALTHCHECK_WORKER_LOCAL_RANK"
+ENV_STACK_SIGNAL = "ELASTIC_HEALTHCHECK_WORKER_STACK_SIGNAL"  # the signal that dumps the stacks
 
 RECORD_SIZE = 128
 MAGIC = 0x31434845  # b"EHC1" read as a little-endian u32

@@ -13,7 +13,7 @@ once per step instead::
 
 ``beat()`` counts one progress event in this local rank's record, a small shared file the
 agent created in its directory (``ELASTIC_HEALTHCHECK_WORKER_DIR``) for the rank named by
-``ELASTIC_HEALTHCHECK_LOCAL_RANK``. It shares the record with the bootstrap when that is
+``ELASTIC_HEALTHCHECK_WORKER_LOCAL_RANK``. It shares the record with the bootstrap when that is
 in; otherwise (``--no-python`` launches, the bootstrap switched off) it opens the record on
 its first call and marks the rank's start itself. Anywhere else (plain ``torchrun``,
 ``python train.py``, a test) it does nothing. It never raises into the training loop,
