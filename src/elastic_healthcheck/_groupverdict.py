@@ -180,9 +180,7 @@ def group_status(
             )
     if not ranks:
         detail["summary"] = "no local rank is known: the agent's own callback decides"
-        return evaluate(now if agent_last is None else agent_last, timeout, now).with_detail(
-            detail
-        )
+        return evaluate(now if agent_last is None else agent_last, timeout, now).with_detail(detail)
     order = sorted(ranks, key=int)
     states = {r: rank_state(ranks[r], r in exited, timeout, now) for r in order}
     states.update(

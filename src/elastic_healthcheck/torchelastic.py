@@ -311,6 +311,7 @@ class Integration:
         self._watch = _HangWatch(self._state)
         # Exceptions a health check must never swallow (torch's SignalException).
         self._passthrough: tuple[type[BaseException], ...] = ()
+        self._ended: _Group | None = None  # the worker group ended for a hang, if any
 
     @property
     def server(self) -> HealthCheckServer | None:
@@ -492,8 +493,9 @@ class Integration:
     def _end_hung_group(self, agent: object, status: HealthStatus) -> None:
         detail = status.detail or {}
         group = self._state.group
-        if group is None or not group.pids:
-            return
+        if group is None or not group.pids or self._ended is group:
+            return  # exactly once per hang: this group is being torn down already
+        self._ended = group
         remaining = getattr(agent, "_remaining_restarts", None)
         suspects = detail.get("suspect_ranks") or []
         log.warning(

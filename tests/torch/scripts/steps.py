@@ -10,6 +10,7 @@ LOAD_RANK=X LOAD_SECONDS=S   rank X "loads data" for S seconds before its first 
 NEVER_START_RANK=X           rank X blocks forever before its first step
 HANG_RANK=X HANG_STEP=N      rank X blocks forever in compute at step N (first attempt
                              only with HANG_ATTEMPTS=first; on every attempt by default)
+CRASH_RANK=X CRASH_STEP=N       rank X exits with status 3 at step N of the first attempt
 Prints "HANG <epoch seconds>" on stdout when it hangs, "DONE" when it finishes.
 """
 
@@ -45,7 +46,19 @@ def loading_data(seconds):
     time.sleep(seconds)
 
 
-dist.init_process_group("gloo")
+# torch 2.13's agent keeps one store across worker-group restarts while init_process_group
+# assumes a new one per attempt, so a restarted gloo group can read the previous attempt's
+# addresses (plain torchrun then hangs in init_process_group; measured). A prefix per
+# attempt keeps each attempt's keys apart.
+store = dist.TCPStore(
+    os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, use_libuv=True
+)
+dist.init_process_group(
+    "gloo",
+    store=dist.PrefixStore(f"attempt-{attempt}", store),
+    rank=int(os.environ["RANK"]),
+    world_size=int(os.environ["WORLD_SIZE"]),
+)
 torch.manual_seed(0)
 model = torch.nn.Linear(8, 1)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -62,6 +75,8 @@ hang_first_only = os.environ.get("HANG_ATTEMPTS") == "first"
 for step in range(steps):
     if use_beat:
         beat()
+    if knob("CRASH_RANK") == rank and step == knob("CRASH_STEP") and attempt == 0:
+        sys.exit(3)  # a plain failure on the first attempt, for comparison
     if knob("HANG_RANK") == rank and step == knob("HANG_STEP"):
         if not hang_first_only or attempt == 0:
             stuck_in_compute()
