@@ -122,7 +122,8 @@ def _blame(
     newest = max(s.progress_time for s in active.values())
     lagging = [r for r in stalled if newest - snap[r].progress_time > timeout]
     if lagging and len(lagging) < len(active):
-        return lagging, f"{_names(lagging)} lag their peers' progress by more than {timeout:g} s"
+        verb = "lags its" if len(lagging) == 1 else "lag their"
+        return lagging, f"{_names(lagging)} {verb} peers' progress by more than {timeout:g} s"
     where = sorted({snap[r].collective or "" for r in stalled})
     if where == [""]:
         place = "outside any collective"

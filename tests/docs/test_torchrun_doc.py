@@ -1,0 +1,86 @@
+"""docs/torchrun.md: every JSON body it shows is what the verdict's code answers.
+
+Each example is preceded by ``<!-- verdict: timeout=T startup=S started=A -->`` (the
+timeouts, and how long ago the worker group was spawned). The test rebuilds each rank's
+record from the body (state, age, collectives, where it waits), runs the verdict at the
+same instant, and compares the whole body.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from elastic_healthcheck._groupverdict import group_status
+from elastic_healthcheck._rankrecord import FLAG_EXITED, RankSnapshot
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "torchrun.md"
+EXAMPLE = re.compile(
+    r"<!-- verdict: timeout=(?P<timeout>\S+) startup=(?P<startup>\S+) started=(?P<started>\S+)"
+    r" -->\n```json\n(?P<body>.*?)```",
+    re.S,
+)
+NOW = 1_795_600_300.0  # the instant every example is taken at
+
+
+def examples() -> list[re.Match[str]]:
+    return list(EXAMPLE.finditer(DOC.read_text(encoding="utf-8")))
+
+
+def snapshot(record: dict, started: float) -> RankSnapshot:
+    state, age = record["state"], record["age"]
+    inside = record["in_collective"]
+    return RankSnapshot(
+        spawn_time=NOW - started,
+        pid=record["pid"],
+        global_rank=record["rank"],
+        progress_time=0.0 if state == "starting" else NOW - age,
+        steps=record["steps"],
+        entered=record["collectives"],
+        left=record["collectives"] - (1 if inside else 0),
+        collective=inside,
+        collective_since=NOW - record["collective_age"] if inside else 0.0,
+        flags=FLAG_EXITED if state == "exited" else 0,
+    )
+
+
+def close(ours: object, theirs: object) -> bool:
+    if isinstance(ours, float) or isinstance(theirs, float):
+        return isinstance(ours, int | float) and ours == pytest.approx(theirs, abs=0.051)
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return ours.keys() == theirs.keys() and all(close(ours[k], theirs[k]) for k in ours)
+    if isinstance(ours, list) and isinstance(theirs, list):
+        return len(ours) == len(theirs) and all(map(close, ours, theirs))
+    return ours == theirs
+
+
+def test_the_document_has_an_example_for_every_case():
+    bodies = [json.loads(m["body"]) for m in examples()]
+    states = {r["state"] for b in bodies for r in b["detail"]["ranks"].values()}
+    assert states == {"starting", "progressing", "waiting", "stalled", "exited"}
+    assert {b["status"] for b in bodies} == {"alive", "dead"}
+    assert len(bodies) >= 8
+
+
+@pytest.mark.parametrize(
+    "example", examples(), ids=lambda m: m["body"].split('"summary": ')[-1][:40]
+)
+def test_the_body_is_what_the_verdict_answers(example):
+    documented = json.loads(example["body"])
+    started = float(example["started"])
+    ranks = {
+        rank: snapshot(record, started) for rank, record in documented["detail"]["ranks"].items()
+    }
+    status = group_status(
+        phase=documented["detail"]["phase"],
+        now=NOW,
+        timeout=float(example["timeout"]),
+        startup_timeout=float(example["startup"]),
+        group_start=NOW - started,
+        ranks=ranks,
+    )
+    ours = json.loads(json.dumps(status.to_dict()))
+    assert close(ours, documented), json.dumps(ours, indent=1)
