@@ -11,7 +11,8 @@ NEVER_START_RANK=X           rank X blocks forever before its first step
 HANG_RANK=X HANG_STEP=N      rank X blocks forever in compute at step N (first attempt
                              only with HANG_ATTEMPTS=first; on every attempt by default)
 CRASH_RANK=X CRASH_STEP=N       rank X exits with status 3 at step N of the first attempt
-Prints "HANG <epoch seconds>" on stdout when it hangs, "DONE" when it finishes.
+Prints "HANG <epoch seconds>" on stdout when it hangs, "STEPPING <epoch seconds>" once its
+first step has completed (on every attempt), "DONE" when it finishes.
 """
 
 import os
@@ -73,6 +74,8 @@ if knob("LOAD_RANK") == rank:
 
 hang_first_only = os.environ.get("HANG_ATTEMPTS") == "first"
 for step in range(steps):
+    if step == 1:
+        print(f"STEPPING {time.time()} attempt={attempt}", flush=True)
     if use_beat:
         beat()
     if knob("CRASH_RANK") == rank and step == knob("CRASH_STEP") and attempt == 0:
