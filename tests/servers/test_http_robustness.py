@@ -198,7 +198,7 @@ def test_a_thousand_idle_connections_do_not_delay_a_probe(server_factory):
     try:
         for _ in range(1000):
             socks.append(connect(server.port))
-        wait_for(lambda: len(server._connections) >= 1000)
+        wait_for(lambda: len(server._engine.transports) >= 1000)
         best = min(_timed_probe(server.port) for _ in range(3))
         assert best < 0.1
     finally:
@@ -218,7 +218,7 @@ def test_connections_beyond_the_cap_shed_the_longest_idle(server_factory):
     socks = [connect(server.port) for _ in range(20)]
     try:
         assert request(server.port).status == 200
-        wait_for(lambda: len(server._connections) <= 8)
+        wait_for(lambda: len(server._engine.transports) <= 8)
         oldest = socks[0]
         oldest.settimeout(5)
         assert read_until_closed(oldest) == b""  # shed first: it was idle the longest
@@ -299,7 +299,7 @@ def test_many_probes_share_one_slow_callback_call(server_factory):
     try:
         for sock in socks:
             sock.sendall(PROBE)
-        wait_for(lambda: len(server._waiting) == 20)
+        wait_for(lambda: len(server._engine.verdicts._waiting) == 20)
         gate.set()
         assert all(ResponseReader(s).read().status == 200 for s in socks)
         assert len(calls) == 1
@@ -321,8 +321,8 @@ def _thread_status(native_id: int) -> tuple[str, int]:
 def test_idle_server_never_wakes_up(server):
     """No poll interval, no timer: an idle server's threads stay asleep."""
     request(server.port)
-    threads = [server._thread.native_id, server._evaluator._thread.native_id]
-    wait_for(lambda: not server._connections)
+    threads = [server._engine.thread.native_id, server._engine.evaluator.thread.native_id]
+    wait_for(lambda: not server._engine.transports)
     wait_for(lambda: all(_thread_status(t)[0] == "S" for t in threads))
     before = [_thread_status(t) for t in threads]
     time.sleep(0.5)  # what is measured is that nothing happens while time passes
@@ -340,7 +340,7 @@ def test_a_long_pipeline_is_answered_in_full_with_bounded_buffers(server):
         statuses = [reader.read().status for _ in range(count)]
         sender.join(30)
     assert statuses == [200] * count
-    assert server.is_running and server._thread.is_alive()
+    assert server.is_running and server._engine.thread.is_alive()
     assert request(server.port).status == 200
 
 

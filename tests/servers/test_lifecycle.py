@@ -118,9 +118,9 @@ def test_bad_arguments_fail_at_construction(kwargs, error, match):
 
 
 def test_start_twice_is_harmless(server):
-    port, thread = server.port, server._thread
+    port, thread = server.port, server._engine.thread
     server.start()
-    assert (server.port, server._thread) == (port, thread)
+    assert (server.port, server._engine.thread) == (port, thread)
     assert request(port).status == 200
 
 
@@ -246,7 +246,7 @@ def test_stop_interrupted_at_any_line_propagates_and_a_second_stop_finishes(serv
                 sys.settrace(None)
             server.stop()
             assert not server.is_running
-            assert server._listeners == []
+            assert server._engine is None
             assert read_until_closed(client) == b""
 
 
