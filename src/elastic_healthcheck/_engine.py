@@ -24,6 +24,9 @@ from ._loop import Loop, report, safe_log
 from ._protocol import BaseProtocol, Services
 from ._transport import SocketTransport
 from ._verdicts import Verdicts
+from .logging import get_logger
+
+log = get_logger(__name__)
 
 __all__ = ["ACCEPTS_PER_TURN", "ACCEPT_RETRY", "Engine"]
 
@@ -96,10 +99,12 @@ class Engine:
             except RuntimeError:
                 pass  # interrupted inside start(): the thread never started
             if thread.is_alive():  # pragma: no cover - the loop exits within a turn
-                safe_log(logging.ERROR, "Health check server thread did not stop in time")
+                safe_log(
+                    logging.ERROR, "Health check server thread did not stop in time", logger=log
+                )
         self.evaluator.close()
         for transport in list(self.transports):
-            transport.abort()
+            transport.forget()  # the loop is over: close the socket, run no protocol code
         self.transports.clear()
         self.listeners.close()
         self.loop.close()
@@ -157,7 +162,12 @@ class Engine:
                 return
             if self._out_of_fds:
                 self._out_of_fds = False
-                safe_log(logging.INFO, "Accepting %s health check connections again", self.kind)
+                safe_log(
+                    logging.INFO,
+                    "Accepting %s health check connections again",
+                    self.kind,
+                    logger=log,
+                )
             if len(self.transports) >= self._max_connections:
                 self._shed(idle_only=False)
             self._open(sock)
@@ -169,9 +179,13 @@ class Engine:
         except OSError:
             pass  # not TCP (tests may use other families); Nagle only costs latency
         assert self.verdicts is not None
-        transport = SocketTransport(
-            self.loop, sock, self._make_protocol(self.verdicts), self._client_timeout, self._closed
-        )
+        try:
+            protocol = self._make_protocol(self.verdicts)
+        except Exception as exc:
+            sock.close()  # this client is not served; the next one may be
+            report(exc, "_make_protocol")
+            return
+        transport = SocketTransport(self.loop, sock, protocol, self._client_timeout, self._closed)
         self.transports[transport] = None
         transport.start()
 
@@ -202,6 +216,7 @@ class Engine:
                 "accepting resumes as soon as a descriptor is free",
                 self.kind,
                 exc.strerror or exc,
+                logger=log,
             )
         self._accept_paused = True
         self._unwatch_listeners()
@@ -223,7 +238,13 @@ class Engine:
         if not self._accept_paused:
             self._unwatch_listeners()
         self.listeners.refuse()
-        safe_log(logging.INFO, "Stopped listening for %s health checks on %s", self.kind, described)
+        safe_log(
+            logging.INFO,
+            "Stopped listening for %s health checks on %s",
+            self.kind,
+            described,
+            logger=log,
+        )
 
     def resume(self) -> bool:
         """Accept again after :meth:`refuse`; ``False`` if the port cannot be had (logged once)."""
@@ -239,13 +260,20 @@ class Engine:
                     "Cannot listen again for %s health checks: %s",
                     self.kind,
                     exc.strerror or exc,
+                    logger=log,
                 )
             return False
         self._rebind_failing = False
         if not self._accept_paused:
             self._watch_listeners()
         described = self.describe()
-        safe_log(logging.INFO, "Listening again for %s health checks on %s", self.kind, described)
+        safe_log(
+            logging.INFO,
+            "Listening again for %s health checks on %s",
+            self.kind,
+            described,
+            logger=log,
+        )
         return True
 
     def describe(self) -> str:

@@ -39,10 +39,16 @@ Handler = Callable[[int], None]
 _reported: set[tuple[str, str, int]] = set()
 
 
-def safe_log(level: int, msg: str, *args: object, exc_info: BaseException | None = None) -> None:
+def safe_log(
+    level: int,
+    msg: str,
+    *args: object,
+    exc_info: BaseException | None = None,
+    logger: logging.Logger = log,
+) -> None:
     """Log, and survive a logging handler that raises: the loop must not die of it."""
     try:
-        log.log(level, msg, *args, exc_info=exc_info)
+        logger.log(level, msg, *args, exc_info=exc_info)
     except Exception:  # nowhere left to report it
         pass
 

@@ -174,7 +174,8 @@ class SocketHealthCheckServer(HealthCheckServer):
         """Listen on the port and serve from a background thread.
 
         Returns once the socket is listening. Calling it again while running does
-        nothing. All or nothing: if it raises (a bind error, or a signal handler's
+        nothing; after the loop gave up (:attr:`is_running` turned False) it starts
+        anew. All or nothing: if it raises (a bind error, or a signal handler's
         exception), no thread, socket or half state is left and :meth:`stop` works.
 
         Raises:
@@ -183,7 +184,7 @@ class SocketHealthCheckServer(HealthCheckServer):
                 ``EINVAL`` for a port outside 0-65535).
         """
         with self._lock:
-            if self._started:
+            if self.is_running:
                 return
             try:
                 self._teardown()  # whatever an interrupted start() or stop() left
@@ -213,7 +214,9 @@ class SocketHealthCheckServer(HealthCheckServer):
                 self._teardown()
                 raise
             announced = self._announced
-        safe_log(logging.INFO, "Serving %s health checks on %s", self._kind, announced)
+        # Logged on the caller's thread, after the work is done: an exception from a
+        # handler (or a signal handler's) reaches the caller and leaves no half state.
+        log.info("Serving %s health checks on %s", self._kind, announced)
 
     def stop(self) -> None:
         """Stop serving and free the port. Idempotent, and safe before :meth:`start`.
@@ -226,7 +229,7 @@ class SocketHealthCheckServer(HealthCheckServer):
             announced = self._announced if self._started else None
             self._teardown()
         if announced is not None:
-            safe_log(logging.INFO, "Stopped %s health check server on %s", self._kind, announced)
+            log.info("Stopped %s health check server on %s", self._kind, announced)
 
     def debug_text(self, name: str) -> str | None:
         """A text for ``GET /debug/<name>`` (HTTP with ``debug=True``); ``None``: no such text.
@@ -312,7 +315,7 @@ class SocketHealthCheckServer(HealthCheckServer):
         try:
             status: object = self.health_status()
         except BaseException as exc:  # the loop must get an answer, whatever happens
-            safe_log(logging.DEBUG, "health_status() raised", exc_info=exc)
+            safe_log(logging.DEBUG, "health_status() raised", exc_info=exc, logger=log)
             return HealthStatus.unknown(
                 float(self._timeout), f"callback raised {type(exc).__name__}"
             )

@@ -21,6 +21,9 @@ from collections.abc import Callable
 
 from ._loop import Loop, safe_log
 from ._protocol import BaseProtocol
+from .logging import get_logger
+
+log = get_logger(__name__)
 
 __all__ = ["LINGER_TIMEOUT", "RECV_SIZE", "SocketTransport"]
 
@@ -102,6 +105,7 @@ class SocketTransport:
                 logging.ERROR,
                 "Error serving a health check client; closing its connection",
                 exc_info=exc,
+                logger=log,
             )
             self.abort()
 
@@ -154,7 +158,7 @@ class SocketTransport:
             self.step(self.protocol.connection_lost)
 
     def forget(self) -> None:
-        """In a forked child: close our copy of the socket, touching nothing else."""
+        """Close the socket, touching nothing else: the loop is over (stop, or a fork)."""
         self.closed = True
         self._sock.close()
 

@@ -21,7 +21,10 @@ from ._evaluator import Evaluator
 from ._loop import Loop, report, safe_log
 from ._protocol import BaseProtocol
 from ._transport import SocketTransport
+from .logging import get_logger
 from .status import HealthStatus, Verdict
+
+log = get_logger(__name__)
 
 __all__ = ["VERDICT_REUSE", "Verdicts", "checked"]
 
@@ -81,7 +84,7 @@ def _problem(status: object) -> str | None:
 def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
-        safe_log(logging.WARNING, "%s", message)
+        safe_log(logging.WARNING, "%s", message, logger=log)
 
 
 class Verdicts:
