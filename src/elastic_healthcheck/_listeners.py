@@ -192,17 +192,17 @@ class Listeners:
             self.sockets.pop().close()
 
     def _listen(self, family: int, address: tuple[object, ...], dualstack: bool = False) -> None:
-        """Bind and listen on one address; the socket is recorded before anything else."""
-        self.sockets.append(record(socket.socket(family, socket.SOCK_STREAM)))
-        sock = self.sockets[-1]
+        """Bind and listen on one address; each socket is ours before anything else runs."""
+        self.sockets.append(socket.socket(family, socket.SOCK_STREAM))
+        sock = record(self.sockets[-1])
         _configure(sock, family, dualstack)
         sock.bind(address)
         if REFUSE_IN_PLACE and self._keep_port and address[1] == 0:
             # A port the system chose is given back by shutdown(): bind a second socket
             # to it by number (SOCK_BINDPORT_LOCK), which keeps it while refusing.
             address = (address[0], sock.getsockname()[1], *address[2:])
-            self.sockets.append(record(socket.socket(family, socket.SOCK_STREAM)))
-            held, sock = sock, self.sockets[-1]
+            self.sockets.append(socket.socket(family, socket.SOCK_STREAM))
+            held, sock = sock, record(self.sockets[-1])
             _configure(sock, family, dualstack)
             sock.bind(address)
             held.close()

@@ -145,7 +145,9 @@ class Loop:
     def open(self, record: Callable[[socket.socket], socket.socket]) -> None:
         """Create the selector and the waker (a socketpair, as asyncio's self-pipe)."""
         self.selector = selectors.DefaultSelector()
-        self._waker_r, self._waker_w = (record(s) for s in socket.socketpair())
+        self._waker_r, self._waker_w = socket.socketpair()
+        record(self._waker_r)
+        record(self._waker_w)
         self._waker_r.setblocking(False)
         self._waker_w.setblocking(False)
         self.selector.register(self._waker_r, selectors.EVENT_READ, None)

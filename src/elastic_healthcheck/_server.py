@@ -209,14 +209,16 @@ class SocketHealthCheckServer(HealthCheckServer):
                 self._address = engine.listeners.addresses()[0]
                 self._announced = self._describe()
                 engine.start(self.port, self._on_start)
-                self._started = True
+                log.info("Serving %s health checks on %s", self._kind, self._announced)
+                self._started = True  # the commit: nothing before it survives an exception
             except BaseException:
-                self._teardown()
+                for _ in range(3):  # a second signal inside the clean-up: finish it anyway
+                    try:
+                        self._teardown()
+                        break
+                    except BaseException:
+                        continue
                 raise
-            announced = self._announced
-        # Logged on the caller's thread, after the work is done: an exception from a
-        # handler (or a signal handler's) reaches the caller and leaves no half state.
-        log.info("Serving %s health checks on %s", self._kind, announced)
 
     def stop(self) -> None:
         """Stop serving and free the port. Idempotent, and safe before :meth:`start`.

@@ -226,11 +226,12 @@ def test_stop_interrupted_at_any_line_propagates_and_a_second_stop_finishes(serv
     lines: list[tuple[str, int]] = []
     server = server_factory()
     server.start()
+    previous = sys.gettrace()  # coverage's, when measured: put it back after
     sys.settrace(_package_line_tracer(-1, lines))
     try:
         server.stop()
     finally:
-        sys.settrace(None)
+        sys.settrace(previous)
     assert len(lines) > 10
     port = None
     for index in range(len(lines)):
@@ -243,7 +244,7 @@ def test_stop_interrupted_at_any_line_propagates_and_a_second_stop_finishes(serv
                 with pytest.raises(Interrupt):
                     server.stop()
             finally:
-                sys.settrace(None)
+                sys.settrace(previous)
             server.stop()
             assert not server.is_running
             assert server._engine is None
