@@ -156,8 +156,9 @@ class Engine:
             except OSError as exc:
                 if exc.errno not in _RESOURCE_ERRNOS:
                     raise
-                if self._shed(idle_only=True):
-                    continue
+                # Out of descriptors: the open connections are served on (none is shed,
+                # a prober on one of them is as much ours), the new ones wait in the
+                # backlog until a descriptor is free.
                 self._pause_accepting(exc)
                 return
             if self._out_of_fds:
@@ -169,7 +170,7 @@ class Engine:
                     logger=log,
                 )
             if len(self.transports) >= self._max_connections:
-                self._shed(idle_only=False)
+                self._shed()
             self._open(sock)
 
     def _open(self, sock: socket.socket) -> None:
@@ -196,16 +197,14 @@ class Engine:
         if self._accept_paused:
             self._resume_accepting()  # a descriptor was just freed
 
-    def _shed(self, idle_only: bool) -> bool:
-        """Close the connection idle the longest (waiting for a client's request)."""
+    def _shed(self) -> None:
+        """Close the connection idle the longest (waiting for a client's request), else the
+        oldest, so that a burst of idle clients can never lock a prober out."""
         for key in self.loop.timers.keys(self._client_timeout):
             if isinstance(key, SocketTransport) and key in self.transports:
                 key.abort()
-                return True
-        if idle_only or not self.transports:
-            return False
+                return
         next(iter(self.transports)).abort()
-        return True
 
     def _pause_accepting(self, exc: OSError) -> None:
         if not self._out_of_fds:
