@@ -286,7 +286,8 @@ class HTTPProtocol(BaseProtocol):
             if not buf:
                 return False
         end, following = find_head_end(buf)
-        if end < 0 or end > MAX_REQUEST_LINE:
+        # A complete head needs no early look, unless it is long or the HTTP/2 preface.
+        if end < 0 or end > MAX_REQUEST_LINE or buf[:4] == b"PRI ":
             error = early_error(buf)
             if error is not None:
                 self._fail(error)

@@ -210,7 +210,8 @@ def test_http_end_of_input_between_requests_closes():
     [
         pytest.param(b"\x16", id="TLS ClientHello"),
         pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", id="TLS record"),
-        pytest.param(b"PRI * HTTP/2.0\r\n", id="HTTP/2 preface"),
+        pytest.param(b"PRI * HTTP/2.0\r\n", id="HTTP/2 preface, first line"),
+        pytest.param(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", id="HTTP/2 preface"),
         pytest.param(b"G\xc3\xa9T /", id="non-ASCII method"),
         pytest.param(b"GE(T", id="non-token method"),
         pytest.param(b"\x00", id="NUL"),
