@@ -254,14 +254,9 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from ._kinds import ConfigurationError, resolve_kind
+    from ._kinds import create_server
     from ._progress import HeartbeatFileReader
 
-    try:
-        server_class = resolve_kind(args.kind, source="--kind")
-    except ConfigurationError as exc:
-        print(f"{PROG} serve: error: {exc}", file=sys.stderr)
-        return 2
     callback = HeartbeatFileReader(args.heartbeat_file) if args.heartbeat_file else _now
     options: dict[str, object] = {}
     if args.host is not None:
@@ -269,9 +264,18 @@ def _serve(args: argparse.Namespace) -> int:
     if args.callback_timeout is not None:
         options["callback_timeout"] = args.callback_timeout
     try:
-        # torch annotates the callback and timeout as int; ours take floats as well.
-        server = server_class(callback, args.port, args.timeout, **options)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
+        # The one builder: ELASTIC_HEALTHCHECK_<OPTION> variables count here as in
+        # create_healthcheck_server and under torchrun. torch annotates the callback and
+        # timeout as int; ours take floats as well.
+        server = create_server(
+            callback,  # type: ignore[arg-type]
+            args.port,
+            args.timeout,
+            kind=args.kind,
+            options=options,
+            kind_source="--kind",
+        )
+    except (TypeError, ValueError) as exc:  # ConfigurationError is a ValueError
         print(f"{PROG} serve: error: {exc}", file=sys.stderr)
         return 2
 
