@@ -50,7 +50,8 @@ def two_loopbacks(monkeypatch: pytest.MonkeyPatch) -> str:
     def getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
         if host != "two-loopbacks":
             return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
-        return real("127.0.0.1", port, *args, **kwargs) + real("::1", port, *args, **kwargs)  # type: ignore[arg-type,operator]
+        both = real("127.0.0.1", port, *args, **kwargs)  # type: ignore[arg-type]
+        return both + real("::1", port, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return "two-loopbacks"

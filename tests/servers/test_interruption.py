@@ -57,7 +57,7 @@ def _run_traced(tracer, call):
 def _lines_of(call) -> int:
     tracer, count = _tracer(lambda index: None)
     _run_traced(tracer, call)
-    return count[0]
+    return int(count[0])
 
 
 def _ours() -> list[threading.Thread]:

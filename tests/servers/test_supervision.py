@@ -229,7 +229,7 @@ def test_a_loop_that_cannot_go_on_refuses_and_says_it_is_not_running(kind, facto
         broken.set()
         raise OSError(9, "Bad file descriptor")
 
-    selector.select = select  # type: ignore[method-assign]
+    selector.select = select
     server._engine.loop.wake()
     wait_for(lambda: not server.is_running, timeout=CONTROL_TIMEOUT)
     assert control_probe(kind, port) == "refused"
@@ -247,8 +247,10 @@ def test_a_tcp_server_whose_loop_gave_up_can_be_started_again(tcp_factory):
     def select(timeout: float | None = None) -> list[object]:
         raise OSError(9, "Bad file descriptor")
 
-    server._engine.loop.selector.select = select  # type: ignore[method-assign]
-    server._engine.loop.wake()
+    engine = server._engine
+    assert engine is not None and engine.loop.selector is not None
+    engine.loop.selector.select = select  # type: ignore[method-assign,assignment]
+    engine.loop.wake()
     wait_for(lambda: not server.is_running, timeout=CONTROL_TIMEOUT)
     server.start()  # what a supervisor does when is_running is False
     assert control_probe("tcp", server.port).startswith("answered alive")

@@ -357,7 +357,12 @@ def test_probe_that_finds_the_agent_dead_gets_the_line_then_the_port_closes(tcp_
     assert parse(probe(port))[0] == "alive"
     progress.dead()
     seen: list[bytes | None] = []
-    wait_for(lambda: seen.append(answers(port)) or seen[-1] is None)
+
+    def refused_now() -> bool:
+        seen.append(answers(port))
+        return seen[-1] is None
+
+    wait_for(refused_now)
     # Nothing but a probe asks while the port is open: one was answered "dead".
     assert any(line and parse(line)[0] == "dead" for line in seen), seen
     assert refused(port)

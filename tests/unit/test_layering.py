@@ -65,7 +65,7 @@ def _tree(module: str) -> ast.Module:
 
 
 def _package_imports(module: str) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(_tree(module)):
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             if node.module:
@@ -76,7 +76,7 @@ def _package_imports(module: str) -> set[str]:
 
 
 def _io_imports(module: str) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(_tree(module)):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
