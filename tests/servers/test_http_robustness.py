@@ -440,3 +440,18 @@ def test_fuzzed_requests_get_well_formed_answers_or_a_clean_close(server_factory
         assert time.monotonic() < deadline
     assert server.is_running
     assert request(server.port).status == 200
+
+
+def test_answers_a_slow_reader_did_not_take_are_sent_when_it_reads(server):
+    """Pipelined answers wait in the server's buffer while the client reads nothing."""
+    count = 3000  # megabytes of answers: more than the socket buffers hold
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+        engine = server._engine
+        wait_for(lambda: any(t.get_write_buffer_size() for t in engine.transports))
+        reader = ResponseReader(sock)
+        statuses = [reader.read().status for _ in range(count)]
+    assert statuses == [200] * count
