@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 
@@ -10,7 +11,7 @@ import pytest
 from elastic_healthcheck import HTTPHealthCheckServer
 
 from .client import ResponseReader, read_until_closed
-from .conftest import connect
+from .conftest import connect, wait_for
 
 # The first bytes of a TLS 1.2/1.3 ClientHello (a handshake record, then its header).
 CLIENT_HELLO = bytes.fromhex("16030100f5010000f10303") + bytes(32)
@@ -48,7 +49,8 @@ def test_long_target_is_414_however_the_bytes_arrive(server, split):
                 sock.sendall(LONG_TARGET)
             else:
                 sock.sendall(LONG_TARGET[:split])
-                time.sleep(0.02)  # two segments, read by two recv() calls
+                sent = time.monotonic()  # then a pause: two segments, two recv() calls
+                wait_for(lambda: time.monotonic() - sent >= 0.02, interval=0.01)
                 sock.sendall(LONG_TARGET[split:])
         except (BrokenPipeError, ConnectionResetError):
             pass  # answered and closed before the rest was sent
@@ -71,7 +73,12 @@ def test_request_then_half_close_is_answered_by_a_slow_callback(server_factory):
             response = read_until_closed(sock)
         assert response.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b"\r\nConnection: close\r\n" in response
-        time.sleep(0.011)  # past the verdict's reuse window: every probe waits for a call
+        past_reuse = time.monotonic() + 0.011  # every probe waits for a call of its own
+        wait_for(functools.partial(_after, past_reuse), interval=0.005)
+
+
+def _after(moment: float) -> bool:
+    return time.monotonic() > moment
 
 
 class Diagnosed(HTTPHealthCheckServer):
