@@ -27,7 +27,7 @@ from ._httpwire import (
 )
 from ._prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._prometheus import render_metrics
-from ._protocol import BaseProtocol, Services, StateMachine, Transport
+from ._protocol import BaseProtocol, Services, StateEnum, StateMachine, Transport
 from .status import HealthStatus, Verdict
 
 __all__ = [
@@ -51,6 +51,10 @@ TEXT = "text/plain; charset=utf-8"
 MAX_BUFFERED_INPUT = 64 * 1024
 
 
+# Distinct request heads remembered parsed (a Request is never changed once made).
+PARSED_CACHE = 256
+
+
 class Route(enum.Enum):
     """What a path serves."""
 
@@ -64,7 +68,7 @@ ROUTES = {"/healthz": Route.HEALTH, "/livez": Route.HEALTH, "/metrics": Route.ME
 DEBUG_PREFIX = "/debug/"
 
 
-class HTTPState(enum.Enum):
+class HTTPState(StateEnum):
     """Where one connection is."""
 
     IDLE = "idle"  # reading a request head (or none yet)
@@ -73,7 +77,7 @@ class HTTPState(enum.Enum):
     CLOSED = "closed"  # the last answer is written; nothing more is read
 
 
-class HTTPEvent(enum.Enum):
+class HTTPEvent(StateEnum):
     """What moves a connection."""
 
     REQUEST = "request"  # a head that needs a verdict or text
@@ -116,6 +120,8 @@ class HTTPResponses:
         self.client_timeout = client_timeout
         self.debug = debug
         self.probes = probes
+        # Request heads already parsed: a prober sends the same bytes every time.
+        self.parsed: dict[bytes, Request] = {}
         self._date: tuple[int, str] = (0, "")
         # The /healthz responses for the current verdict in the current second (replaced
         # whole, never mutated in place).
@@ -294,11 +300,18 @@ class HTTPProtocol(BaseProtocol):
             if end < 0 or error is not None:
                 return False
         self._buf = buf[following:]
-        try:
-            request = parse_request(buf[:end])
-        except HTTPError as exc:
-            self._fail(exc.status)
-            return False
+        head = buf[:end]
+        parsed = self._responses.parsed
+        request = parsed.get(head)
+        if request is None:
+            try:
+                request = parse_request(head)
+            except HTTPError as exc:
+                self._fail(exc.status)
+                return False
+            if len(parsed) >= PARSED_CACHE:
+                parsed.clear()
+            parsed[head] = request
         self._dispatch(request)
         return True
 
@@ -313,11 +326,12 @@ class HTTPProtocol(BaseProtocol):
                 return
             self._request, self._route = request, route
             self._machine.fire(HTTPEvent.REQUEST)
-            self.transport.set_timeout(None)  # the wait for a verdict has its own deadline
             if route is Route.DEBUG:
                 self._services.request_text(self, path[len(DEBUG_PREFIX) :])
             else:
-                self._services.request_status(self)
+                self._services.request_status(self)  # often answered at once, from here
+            if self._machine.state is not HTTPState.IDLE:
+                self.transport.set_timeout(None)  # the wait has its own deadline
         elif method == "OPTIONS":
             if route is not None or path == "*":
                 self._reply(request, HTTPStatus.OK, body=b"", extra=f"Allow: {ALLOW}\r\n")
@@ -351,7 +365,7 @@ class HTTPProtocol(BaseProtocol):
             self._process()  # a pipelined request may be here already
         else:
             self._machine.fire(HTTPEvent.CLOSE)
-            self.transport.close()
+            self.transport.close(linger=bool(self._buf))  # unread requests: close gracefully
 
     def _fail(self, status: HTTPStatus) -> None:
         """Answer a request we cannot parse, then close the connection."""

@@ -24,12 +24,20 @@ __all__ = [
     "BaseProtocol",
     "ProtocolStateError",
     "Services",
+    "StateEnum",
     "StateMachine",
     "Transport",
 ]
 
 S = TypeVar("S", bound=enum.Enum)
 E = TypeVar("E", bound=enum.Enum)
+
+
+class StateEnum(enum.Enum):
+    """An enum of states or events, hashed by identity: members are singletons, and
+    ``Enum.__hash__`` (Python code) would cost each transition two calls."""
+
+    __hash__ = object.__hash__
 
 
 class ProtocolStateError(RuntimeError):
@@ -74,13 +82,13 @@ class Transport(Protocol):
     def write(self, data: bytes) -> None:
         """Send ``data`` (now, or as soon as the client reads)."""
 
-    def close(self, *, linger: bool = False) -> None:
+    def close(self, *, linger: bool | None = False) -> None:
         """Close once everything written is sent.
 
         ``linger``: the client may still be sending (a rejected request): half-close
         and read to the end first, so that unread input cannot turn the close into a
-        reset that destroys the answer (RFC 9112 section 9.6). Without it, the close
-        still lingers if input is waiting unread.
+        reset that destroys the answer (RFC 9112 section 9.6). ``None``: look whether
+        input is waiting unread (one more system call), and linger if so.
         """
 
     def abort(self) -> None:

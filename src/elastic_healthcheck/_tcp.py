@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 
-from ._protocol import BaseProtocol, Services, StateMachine, Transport
+from ._protocol import BaseProtocol, Services, StateEnum, StateMachine, Transport
 from ._server import (
     DEFAULT_CALLBACK_TIMEOUT,
     DEFAULT_CLIENT_TIMEOUT,
@@ -55,7 +54,7 @@ def status_line(status: HealthStatus) -> bytes:
     return line.encode("ascii", errors="replace")
 
 
-class TCPState(enum.Enum):
+class TCPState(StateEnum):
     """Where one TCP status connection is."""
 
     WAITING = "waiting"  # for the verdict; input is read and dropped
@@ -63,7 +62,7 @@ class TCPState(enum.Enum):
     CLOSED = "closed"  # the line is written; the connection closes
 
 
-class TCPEvent(enum.Enum):
+class TCPEvent(StateEnum):
     """What moves a TCP status connection."""
 
     INPUT = "input"  # bytes from the client (HAProxy's agent-send): dropped
@@ -117,7 +116,9 @@ class TCPProtocol(BaseProtocol):
         self._machine.fire(TCPEvent.ANSWER)
         self._services.count_probe(status)
         self.transport.write(self._render(status))
-        self.transport.close(linger=self._got_input)
+        # Input seen: the client may send more, linger. None seen: look whether some
+        # arrived since the loop last read (the line must not be lost to a reset).
+        self.transport.close(linger=True if self._got_input else None)
 
     def connection_lost(self) -> None:
         self._machine.fire(TCPEvent.LOST)

@@ -57,6 +57,7 @@ class SocketTransport:
         "_eof",
         "_closing",
         "_linger",
+        "_peek",
         "_lingering",
         "closed",
         "_write_timeout",
@@ -82,6 +83,7 @@ class SocketTransport:
         self._eof = False  # the client sent its last byte
         self._closing = False  # the protocol closed: send what is left, then close
         self._linger = False
+        self._peek = False  # look for unread input at the close
         self._lingering = False
         self.closed = False
         self._write_timeout = write_timeout
@@ -132,8 +134,11 @@ class SocketTransport:
         """Bytes written and not yet sent (the client is not reading)."""
         return len(self._outbuf)
 
-    def close(self, *, linger: bool = False) -> None:
-        self._linger = self._linger or linger
+    def close(self, *, linger: bool | None = False) -> None:
+        if linger is None:
+            self._peek = True
+        else:
+            self._linger = self._linger or linger
         if self.closed or self._closing:
             return
         self._closing = True
@@ -184,10 +189,19 @@ class SocketTransport:
         self.step(self.protocol.timeout)
 
     def _on_events(self, events: int) -> None:
-        if events & _WRITE:
-            self.step(self._flush)
-        if events & _READ and not self.closed:
-            self.step(self._read)
+        try:
+            if events & _WRITE:
+                self._flush()
+            if events & _READ and not self.closed:
+                self._read()
+        except Exception as exc:  # as step(), inlined: this is every request's path
+            safe_log(
+                logging.ERROR,
+                "Error serving a health check client; closing its connection",
+                exc_info=exc,
+                logger=log,
+            )
+            self.abort()
 
     def _read(self) -> None:
         try:
@@ -230,7 +244,7 @@ class SocketTransport:
 
     def _finish(self) -> None:
         """Everything is sent after close(): close, or half-close and read to the end."""
-        if self._eof or not (self._linger or self._input_waiting()):
+        if self._eof or not (self._linger or (self._peek and self._input_waiting())):
             self.abort()
             return
         try:

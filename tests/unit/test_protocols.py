@@ -10,6 +10,7 @@ import pytest
 
 from elastic_healthcheck._httpproto import (
     MAX_BUFFERED_INPUT,
+    PARSED_CACHE,
     HTTPEvent,
     HTTPProtocol,
     HTTPResponses,
@@ -32,6 +33,7 @@ from elastic_healthcheck.status import HealthStatus, Verdict
 
 ALIVE = HealthStatus(Verdict.ALIVE, 60.0, last_progress=1.0, age=0.0)
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+OPEN = "open"
 
 
 class FakeTransport:
@@ -39,17 +41,17 @@ class FakeTransport:
 
     def __init__(self) -> None:
         self.written = b""
-        self.closed: bool | None = None  # None: open; else the linger flag
+        self.closed: object = OPEN  # else close()'s linger argument
         self.aborted = False
         self.reading = True
         self.timeout: float | None = None
         self.buffered = 0
 
     def write(self, data: bytes) -> None:
-        assert self.closed is None, "written after close"
+        assert self.closed is OPEN, "written after close"
         self.written += data
 
-    def close(self, *, linger: bool = False) -> None:
+    def close(self, *, linger: bool | None = False) -> None:
         self.closed = linger
 
     def abort(self) -> None:
@@ -175,7 +177,7 @@ def test_http_request_waits_for_the_verdict_then_keeps_the_connection():
     protocol.status_received(ALIVE)
     assert statuses(transport.written) == [200]
     assert state_of(protocol) is HTTPState.IDLE
-    assert transport.closed is None
+    assert transport.closed is OPEN
     assert timeout_of(transport) == 5.0  # the next request's deadline
     assert services.counted == [Verdict.ALIVE]
 
@@ -345,7 +347,7 @@ def test_tcp_asks_at_connect_and_closes_after_the_line():
     assert services.status_requests == [protocol]
     protocol.status_received(ALIVE)
     assert transport.written == b"alive age=0.0 timeout=60\n"
-    assert transport.closed is False  # nothing was sent to us: close at once
+    assert transport.closed is None  # nothing seen: the transport looks for unread input
     assert state_of(protocol) is TCPState.CLOSED
 
 
@@ -370,3 +372,18 @@ def test_tcp_second_verdict_is_a_bug_that_raises():
     protocol.status_received(ALIVE)
     with pytest.raises(ProtocolStateError):
         protocol.status_received(ALIVE)
+
+
+def test_http_parsed_heads_are_remembered_within_a_bound():
+    """A prober's identical heads are parsed once; distinct heads cannot grow memory."""
+    protocol, transport, _services = http()
+    responses = protocol._responses
+    for index in range(PARSED_CACHE * 2):
+        protocol.data_received(f"OPTIONS /healthz?{index} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert len(responses.parsed) <= PARSED_CACHE
+    assert statuses(transport.written) == [200] * PARSED_CACHE * 2
+    protocol.data_received(GET)
+    protocol.status_received(ALIVE)
+    protocol.data_received(GET)
+    head = GET[: GET.index(b"\n\r\n")]  # as find_head_end cuts it
+    assert responses.parsed[head].path == "/healthz"
