@@ -362,7 +362,8 @@ class HTTPProtocol(BaseProtocol):
         if keep:
             self._machine.fire(HTTPEvent.KEEP)
             self.transport.set_timeout(self._responses.client_timeout)
-            self._process()  # a pipelined request may be here already
+            if not self._processing:  # else the loop in _process goes on by itself
+                self._process()  # a pipelined request may be here already
         else:
             self._machine.fire(HTTPEvent.CLOSE)
             self.transport.close(linger=bool(self._buf))  # unread requests: close gracefully

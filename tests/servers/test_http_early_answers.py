@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from elastic_healthcheck import HTTPHealthCheckServer
+from elastic_healthcheck import HTTPHealthCheckServer, create_healthcheck_server
 
 from .client import ResponseReader, read_until_closed
 from .conftest import connect, wait_for
@@ -108,3 +108,15 @@ def test_debug_texts_only_when_switched_on(debug, path, status, body):
 def test_debug_must_be_a_bool():
     with pytest.raises(TypeError, match="debug must be a bool, not str"):
         HTTPHealthCheckServer(lambda: 0, 0, 60, debug="yes")  # type: ignore[arg-type]
+
+
+def test_debug_option_from_the_environment(monkeypatch):
+    """ELASTIC_HEALTHCHECK_DEBUG goes through the one builder like every other option."""
+    monkeypatch.setenv("ELASTIC_HEALTHCHECK_SERVER", f"{__name__}:Diagnosed")
+    monkeypatch.setenv("ELASTIC_HEALTHCHECK_DEBUG", "1")
+    monkeypatch.setenv("ELASTIC_HEALTHCHECK_HOST", "127.0.0.1")
+    server = create_healthcheck_server(lambda: int(time.time()), 0, 60)
+    assert isinstance(server, Diagnosed)
+    with server, connect(server.port) as sock:
+        sock.sendall(b"GET /debug/stacks HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ResponseReader(sock).read().body == b"rank 0: in allreduce\n"

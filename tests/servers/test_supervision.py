@@ -162,7 +162,7 @@ class FaultyHTTP(HTTPHealthCheckServer):
             raise Boom(self.fault)
         protocol = super()._make_protocol(services)
         assert isinstance(protocol, HTTPProtocol)
-        if self.fault in ("status_received", "data_received", "connection_lost"):
+        if self.fault in ("status_received", "data_received", "connection_lost", "timeout"):
             fault = self.fault
 
             def boom(*args: object) -> None:
@@ -254,3 +254,21 @@ def test_a_tcp_server_whose_loop_gave_up_can_be_started_again(tcp_factory):
     wait_for(lambda: not server.is_running, timeout=CONTROL_TIMEOUT)
     server.start()  # what a supervisor does when is_running is False
     assert control_probe("tcp", server.port).startswith("answered alive")
+
+
+def test_protocol_timeout_hook_that_raises_closes_that_client_only(eh_caplog):
+    """The deadline hook (the old ``_on_timeout``) raising: that idle client is dropped."""
+    server = FaultyHTTP(lambda: int(time.time()), 0, 60, host="127.0.0.1", client_timeout=0.1)
+    server.fault = "timeout"
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=CONTROL_TIMEOUT) as idle:
+            assert read_until_closed(idle) == b""  # dropped at its deadline, not left open
+        for _ in range(3):
+            assert control_probe("http", server.port) == "answered HTTP/1.1 200 OK"
+        tracebacks = [
+            r for r in eh_caplog.records if r.exc_info and "timeout" in str(r.exc_info[1])
+        ]
+        assert len(tracebacks) == 1
+    finally:
+        server.stop()
