@@ -21,7 +21,7 @@ import time
 
 os.environ.setdefault("LOGLEVEL", "ERROR")  # one "dead" warning per trial is expected
 
-from elastic_healthcheck import TCPHealthCheckServer  # noqa: E402 - after LOGLEVEL
+from elastic_healthcheck import TCPHealthCheckServer  # after LOGLEVEL is set
 
 
 class Switch:
