@@ -97,8 +97,8 @@ class Timers:
         return key in self._where
 
     def keys(self, duration: float) -> Iterator[Hashable]:
-        """Keys armed for ``duration``, earliest first."""
-        return iter(list(self._by_duration.get(duration, ())))
+        """Keys armed for ``duration``, earliest first (do not arm or cancel meanwhile)."""
+        return iter(self._by_duration.get(duration, ()))
 
     def next_deadline(self) -> float:
         """The earliest deadline (``time.monotonic()``), or infinity."""

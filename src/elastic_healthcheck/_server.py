@@ -201,7 +201,7 @@ class SocketHealthCheckServer(HealthCheckServer):
                     engine.loop,
                     engine.evaluator,
                     self._evaluate,
-                    self.debug_text,
+                    self._debug_text,
                     self._observe,
                     float(self._timeout),
                     self._callback_timeout,
@@ -322,6 +322,11 @@ class SocketHealthCheckServer(HealthCheckServer):
                 float(self._timeout), f"callback raised {type(exc).__name__}"
             )
         return checked(status, float(self._timeout))
+
+    def _debug_text(self, name: str) -> object:
+        """Run on the evaluator thread; looked up at each call, as health_status() is, so
+        that an instance attribute set after start() counts too."""
+        return self.debug_text(name)
 
     def _describe(self) -> str:
         engine = self._engine

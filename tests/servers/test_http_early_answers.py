@@ -120,3 +120,14 @@ def test_debug_option_from_the_environment(monkeypatch):
     with server, connect(server.port) as sock:
         sock.sendall(b"GET /debug/stacks HTTP/1.1\r\nHost: x\r\n\r\n")
         assert ResponseReader(sock).read().body == b"rank 0: in allreduce\n"
+
+
+def test_debug_text_set_on_the_instance_after_start_counts(server_factory):
+    """As health_status(), debug_text() is looked up at each call (the torch integration
+    sets both on the instance)."""
+    server = server_factory(debug=True)
+    server.start()
+    server.debug_text = lambda name: f"late {name}\n"
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /debug/stacks HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ResponseReader(sock).read().body == b"late stacks\n"
