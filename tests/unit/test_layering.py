@@ -18,7 +18,11 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("logging helper", ["logging"]),
     ("status", ["status"]),
     ("torch-identical base", ["health_check_server"]),
-    ("wire formats", ["_httpwire", "_prometheus", "_progress"]),
+    (
+        "wire formats and records",
+        ["_httpwire", "_prometheus", "_progress", "_rankrecord", "_stacks"],
+    ),
+    ("the torchrun verdict", ["_groupverdict"]),
     ("protocol interface", ["_protocol"]),
     ("engine: listeners, loop, evaluator", ["_listeners", "_loop", "_evaluator"]),
     ("engine: transport", ["_transport"]),
@@ -29,7 +33,16 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("servers", ["_http", "_tcp"]),
     (
         "edges",
-        ["_kinds", "_probe", "_cli", "worker", "torchelastic", "__init__", "__main__"],
+        [
+            "_kinds",
+            "_probe",
+            "_cli",
+            "worker",
+            "_bootstrap",
+            "torchelastic",
+            "__init__",
+            "__main__",
+        ],
     ),
 ]
 RANK = {module: rank for rank, (_name, modules) in enumerate(LAYERS) for module in modules}
@@ -85,12 +98,14 @@ def _io_imports(module: str) -> set[str]:
     return names & IO_MODULES
 
 
+MODULES = sorted({m.name for m in pkgutil.iter_modules([str(PACKAGE_DIR)])} | {"__init__"})
+
+
 def test_every_module_has_a_layer():
-    modules = {m.name for m in pkgutil.iter_modules([str(PACKAGE_DIR)])} | {"__init__"}
-    assert modules == set(RANK), "place new modules in LAYERS"
+    assert not set(MODULES) - set(RANK), "place new modules in LAYERS"
 
 
-@pytest.mark.parametrize("module", sorted(RANK))
+@pytest.mark.parametrize("module", MODULES)
 def test_imports_point_down(module):
     for imported in _package_imports(module):
         if (module, imported) in ALLOWED_UPWARD:
