@@ -15,8 +15,8 @@ from .status import HealthStatus, Verdict, check_seconds
 
 __all__ = ["TRANSITIONS", "TCPEvent", "TCPHealthCheckServer", "TCPProtocol", "TCPState"]
 
-# Seconds between verdicts while the port is closed (refuse_while_dead): how soon a
-# recovered agent is reachable again, at the cost of one callback call each time.
+# Seconds between the server's own verdicts (refuse_while_dead): how late a death is
+# refused and a recovered agent is reachable again, at one callback call each time.
 # kubelet probes every 10 s by default (periodSeconds), Consul's TCP checks are configured
 # in seconds too, so 1 s adds little to what a prober notices anyway.
 DEFAULT_RECHECK_INTERVAL = 1.0
@@ -189,9 +189,11 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
         client_timeout: Seconds a client that does not read has to take the line.
         max_connections: Open client connections at most; the longest idle is closed to
             make room.
-        refuse_while_dead: Close the port while the verdict is not ``alive``, so that a
-            connect-only probe fails.
-        recheck_interval: Seconds between callback calls while the port is closed.
+        refuse_while_dead: Refuse connections while the verdict is not ``alive``, so
+            that a connect-only probe fails.
+        recheck_interval: Seconds between the server's own callback calls with
+            ``refuse_while_dead``: how late a death (or a recovery) is noticed when
+            nobody connects.
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -234,7 +236,7 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
 
     @property
     def refusing(self) -> bool:
-        """``True`` while the port is closed because the agent is not alive."""
+        """``True`` while connections are refused because the agent is not alive."""
         return self.is_running and not self._listening
 
     # -- hooks ---------------------------------------------------------------------------
