@@ -139,6 +139,7 @@ class SocketHealthCheckServer(HealthCheckServer):
         self._address: tuple[str, int] | None = None
         self._announced: str | None = None
         self._last_verdict: Verdict | None = None
+        self._probes = dict.fromkeys(Verdict, 0)  # probes answered, by verdict, ever
         _servers.add(self)
 
     # -- public surface ------------------------------------------------------------
@@ -205,6 +206,7 @@ class SocketHealthCheckServer(HealthCheckServer):
                     self._observe,
                     float(self._timeout),
                     self._callback_timeout,
+                    self._probes,
                 )
                 self._address = engine.listeners.addresses()[0]
                 self._announced = self._describe()
@@ -280,14 +282,6 @@ class SocketHealthCheckServer(HealthCheckServer):
             log.warning("Health check: unknown, %s", status.reason)
 
     # -- services for subclasses, on the I/O thread ---------------------------------------
-
-    @property
-    def _probes(self) -> dict[Verdict, int]:
-        """Probes answered, by verdict."""
-        engine = self._engine
-        if engine is None or engine.verdicts is None:
-            return dict.fromkeys(Verdict, 0)
-        return engine.verdicts.probes
 
     def _recheck_after(self, delay: float | None) -> None:
         """Ask for a verdict in ``delay`` seconds though no client asks; ``None`` cancels."""

@@ -98,6 +98,8 @@ class Verdicts:
         observe: Sees every verdict from the callback once (logs transitions).
         timeout: The server's timeout in seconds (for ``unknown`` verdicts).
         callback_timeout: Seconds a request waits for the evaluator.
+        probes: Probes answered by verdict, counted here (the server's, kept across
+            restarts, as Prometheus counters must).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class Verdicts:
         observe: Callable[[HealthStatus], None],
         timeout: float,
         callback_timeout: float,
+        probes: dict[Verdict, int],
     ) -> None:
         self._loop = loop
         self._evaluator = evaluator
@@ -125,7 +128,7 @@ class Verdicts:
         self._asked_at = 0.0  # when the call under way was asked for
         self._recent: HealthStatus | None = None  # the callback's last verdict...
         self._recent_at = 0.0  # ...and when it arrived (time.monotonic())
-        self.probes: dict[Verdict, int] = dict.fromkeys(Verdict, 0)
+        self.probes = probes
 
     # -- Services, for protocols ------------------------------------------------------------
 

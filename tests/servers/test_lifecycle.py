@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from elastic_healthcheck import HTTPHealthCheckServer
+from elastic_healthcheck.status import Verdict
 
 from .client import NOW_CALLBACK, read_until_closed, request
 from .conftest import answers_alive, connect
@@ -279,3 +280,14 @@ def test_forked_child_does_not_keep_the_listening_socket(kind, factory):
         os.close(ready_r)
         os.close(write_end)
         os.waitpid(pid, 0)
+
+
+def test_probe_counts_survive_a_restart(kind, factory):
+    """The /metrics counters are counters: a stop() and start() does not reset them."""
+    server = factory()
+    server.start()
+    assert answers_alive(kind, server.port)
+    server.stop()
+    server.start()
+    assert answers_alive(kind, server.port)
+    assert server._probes[Verdict.ALIVE] == 2
