@@ -39,6 +39,22 @@ ACCEPTS_PER_TURN = 64
 ACCEPT_RETRY = 0.05
 
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# Errors of one pending connection that accept() reports, to be retried as EAGAIN would be
+# (Linux accept(2), "Error handling"; EPERM: a firewall rule refused it).
+_CONNECTION_ERRNOS = {
+    getattr(errno, name)
+    for name in (
+        "EPROTO",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "EPERM",
+    )
+    if hasattr(errno, name)
+}
 _ACCEPT = "accept"
 
 
@@ -154,6 +170,8 @@ class Engine:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
+                if exc.errno in _CONNECTION_ERRNOS:
+                    continue  # that one connection is gone; the next may be fine
                 if exc.errno not in _RESOURCE_ERRNOS:
                     raise
                 # Out of descriptors: the open connections are served on (none is shed,
