@@ -358,21 +358,22 @@ class HTTPProtocol(BaseProtocol):
         self._answer(response, request.keep_alive)
 
     def _answer(self, response: bytes, keep: bool) -> None:
+        # The event first: a write that finds the client gone ends in connection_lost(),
+        # which must find the connection answered already.
+        self._machine.fire(HTTPEvent.KEEP if keep else HTTPEvent.CLOSE)
         self.transport.write(response)
         if keep:
-            self._machine.fire(HTTPEvent.KEEP)
             self.transport.set_timeout(self._responses.client_timeout)
             if not self._processing:  # else the loop in _process goes on by itself
                 self._process()  # a pipelined request may be here already
         else:
-            self._machine.fire(HTTPEvent.CLOSE)
             self.transport.close(linger=bool(self._buf))  # unread requests: close gracefully
 
     def _fail(self, status: HTTPStatus) -> None:
         """Answer a request we cannot parse, then close the connection."""
         self._buf = b""
-        self.transport.write(self._responses.build(status, None))
         self._machine.fire(HTTPEvent.CLOSE)
+        self.transport.write(self._responses.build(status, None))
         self.transport.close(linger=True)  # the rest of a bad request may be on its way
 
 

@@ -387,3 +387,28 @@ def test_http_parsed_heads_are_remembered_within_a_bound():
     protocol.data_received(GET)
     head = GET[: GET.index(b"\n\r\n")]  # as find_head_end cuts it
     assert responses.parsed[head].path == "/healthz"
+
+
+class ResettingTransport(FakeTransport):
+    """A client that reset the connection: the first write finds it gone."""
+
+    protocol: BaseProtocol
+
+    def write(self, data: bytes) -> None:
+        self.protocol.connection_lost()  # what SocketTransport.abort() tells the protocol
+
+
+@pytest.mark.parametrize(
+    "data", [GET, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01"]
+)
+def test_http_client_gone_at_the_answer_is_no_error(data):
+    """A reset while answering (a prober that gave up) ends the connection quietly."""
+    services = FakeServices()
+    protocol = HTTPProtocol(services, HTTPResponses(5.0, False, lambda: dict.fromkeys(Verdict, 0)))
+    transport = ResettingTransport()
+    transport.protocol = protocol
+    protocol.connection_made(transport)
+    protocol.data_received(data)
+    if services.status_requests:
+        protocol.status_received(ALIVE)
+    assert state_of(protocol) is HTTPState.CLOSED
