@@ -526,4 +526,4 @@ def test_no_connection_is_accepted_later_than_one_interval_after_death(tcp_facto
     wait_for(lambda: server.refusing, interval=0.002)
     lag = time.monotonic() - died
     assert refused(port)  # the first connection after the death
-    assert lag <= interval + 0.15, lag  # one interval, plus a loaded machine's scheduling
+    assert lag <= interval + 0.25, lag  # one interval, plus a loaded machine's scheduling
