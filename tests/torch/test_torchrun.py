@@ -12,7 +12,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,7 +25,7 @@ PROBE_INTERVAL = 0.05
 class Observation:
     at: float
     status: int | None  # None: no answer (refused, or cut off)
-    body: dict[str, Any] = field(default_factory=dict)
+    body: dict = field(default_factory=dict)
 
 
 class Launch:
@@ -68,16 +67,11 @@ class Launch:
         self.observations: list[Observation] = []
         self._prober: threading.Thread | None = None
 
-    @property
-    def served_port(self) -> int:
-        assert self.port is not None, self.first_line
-        return self.port
-
     def probe_until_exit(self) -> None:
         def loop() -> None:
             while self.process.poll() is None:
                 try:
-                    response = request(self.served_port, timeout=2)
+                    response = request(self.port, timeout=2)
                 except OSError:  # refused, or cut off by the listener closing at exit
                     self.observations.append(Observation(time.monotonic(), None))
                 else:
@@ -168,7 +162,7 @@ def test_sigterm_ends_it_as_plain_torchrun_does():
     launch = Launch(TRAIN_SECONDS="60")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        body = json.loads(request(launch.served_port).body)
+        body = json.loads(request(launch.port).body)
         if body.get("detail", {}).get("phase") == "running":
             break
         time.sleep(PROBE_INTERVAL)
@@ -177,7 +171,7 @@ def test_sigterm_ends_it_as_plain_torchrun_does():
     assert code == 1
     assert "SignalException" in err and "got signal: 15" in err
     with pytest.raises(ConnectionRefusedError):
-        request(launch.served_port, timeout=1)
+        request(launch.port, timeout=1)
 
 
 def test_bad_health_option_is_a_usage_error():
