@@ -28,8 +28,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# The longest probe timeout: a day. A longer one is surely a typo (milliseconds?), and the
+# probe has to leave before an orchestrator's own timeout anyway.
+MAX_PROBE_TIMEOUT = 86400.0
+
+
 def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    # isdigit() alone accepts "²" (which int() refuses) and full-width digits (which it reads).
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 0-65535")
     return int(text)
 
@@ -47,6 +53,15 @@ def _seconds(text: str, allow_zero: bool = True) -> float:
 
 def _positive_seconds(text: str) -> float:
     return _seconds(text, allow_zero=False)
+
+
+def _probe_seconds(text: str) -> float:
+    value = _positive_seconds(text)
+    if value > MAX_PROBE_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: expected seconds > 0, at most {MAX_PROBE_TIMEOUT:g}"
+        )
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--timeout",
-        type=_seconds,
+        type=_positive_seconds,
         default=60.0,
         help="seconds without progress before dead (default: 60)",
     )
@@ -111,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("targets", nargs="+", metavar="TARGET")
     probe.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=_probe_seconds,
         default=1.0,
-        help="seconds per target (default: 1, as kubelet)",
+        help="seconds per target, at most 86400 (default: 1, as kubelet)",
     )
     probe.add_argument(
         "--json", action="store_true", help="print one JSON document instead of lines"
@@ -153,9 +168,35 @@ def _add_torchrun_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-kind", metavar="KIND", help="server kind (default: http)")
     parser.add_argument(
         "--health-timeout",
-        type=_seconds,
+        type=_positive_seconds,
         metavar="SECONDS",
         help="seconds without progress before dead (default: the 60 torch passes)",
+    )
+    parser.add_argument(
+        "--health-startup-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="seconds from a worker group's start during which ranks that have made no "
+        "progress yet count as starting (default: 1800)",
+    )
+    parser.add_argument(
+        "--health-on-hang",
+        choices=("report", "restart"),
+        help="report: answer 503 and log the hung ranks' stacks (default); restart: also "
+        "end the hung worker group so that torchrun restarts it (counts against --max-restarts)",
+    )
+    parser.add_argument(
+        "--health-debug",
+        action="store_true",
+        default=None,
+        help="serve the latest stacks of stalled ranks on GET /debug/ranks (off: 404)",
+    )
+    parser.add_argument(
+        "--health-no-bootstrap",
+        dest="health_bootstrap",
+        action="store_false",
+        default=None,
+        help="start workers as plain torchrun does: progress then comes only from beat()",
     )
 
 
@@ -165,12 +206,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["torchrun"]:
         return _torchrun(arguments[1:])
     args = build_parser().parse_args(arguments)
+    if args.command == "serve":
+        problem = _check_log_level()
+        if problem:
+            print(f"{PROG} serve: error: {problem}", file=sys.stderr)
+            return 2
     if args.command == "probe":
         return _probe(args)
     return _serve(args)
 
 
-_TORCHRUN_OPTIONS = ("--health-port", "--health-host", "--health-kind", "--health-timeout")
+_TORCHRUN_OPTIONS = (
+    "--health-port",
+    "--health-host",
+    "--health-kind",
+    "--health-timeout",
+    "--health-startup-timeout",
+    "--health-on-hang",
+)
+_TORCHRUN_FLAGS = ("--health-debug", "--health-no-bootstrap")
+
+
+def _check_log_level() -> str | None:
+    """What is wrong with ``LOGLEVEL``, if anything (every logger would raise on it)."""
+    from .logging import get_logger
+
+    try:
+        get_logger(PROG)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_torchrun_options(options: argparse.Namespace, server_options: dict[str, object]) -> None:
+    """Build (never start) the server the options describe: a mistake shows before training.
+
+    Raises:
+        ValueError: The kind, an option, or an ``ELASTIC_HEALTHCHECK_*`` variable is wrong.
+    """
+    import os
+
+    from ._kinds import ENV_SERVER, create_server, resolve_kind
+    from .torchelastic import DEFAULT_KIND
+
+    kind, source = options.health_kind, "--health-kind"
+    if kind is None:
+        kind, source = os.environ.get(ENV_SERVER, "").strip() or DEFAULT_KIND, ENV_SERVER
+    resolve_kind(kind, source=source)
+    timeout = 60.0 if options.health_timeout is None else options.health_timeout
+    port = 0 if options.health_port is None else options.health_port
+    server = create_server(_now, port, timeout, kind=kind, options=server_options)  # type: ignore[arg-type]
+    server.stop()  # never started: nothing to free, but a plugin may hold something
 
 
 def _torchrun(arguments: list[str]) -> int:
@@ -181,9 +267,9 @@ def _torchrun(arguments: list[str]) -> int:
         option = rest[0].split("=", 1)[0]
         if rest[0] in ("-h", "--help") and not ours:
             build_parser().parse_args(["torchrun", "--help"])
-        if option not in _TORCHRUN_OPTIONS:
+        if option not in _TORCHRUN_OPTIONS + _TORCHRUN_FLAGS:
             break
-        take = 1 if "=" in rest[0] else 2
+        take = 1 if "=" in rest[0] or option in _TORCHRUN_FLAGS else 2
         ours, rest = ours + rest[:take], rest[take:]
     parser = _Parser(prog=f"{PROG} torchrun", allow_abbrev=False)
     _add_torchrun_options(parser)
@@ -191,16 +277,33 @@ def _torchrun(arguments: list[str]) -> int:
     if rest[:1] == ["--"]:
         rest = rest[1:]
 
-    from . import torchelastic
-
     server_options: dict[str, object] = {}
     if options.health_host is not None:
         server_options["host"] = options.health_host
+    if options.health_debug:
+        server_options["debug"] = True
+    # Every mistake is a usage error, found before torch is imported or training starts;
+    # only what happens at run time (a port in use) is logged and lets training go on.
+    problem = _check_log_level()
+    if problem is None:
+        try:
+            _check_torchrun_options(options, server_options)
+        except (TypeError, ValueError) as exc:
+            problem = str(exc)
+    if problem is not None:
+        print(f"{PROG} torchrun: error: {problem}", file=sys.stderr)
+        return 2
+
+    from . import torchelastic
+
     try:
         integration = torchelastic.install(
             kind=options.health_kind,
             port=options.health_port,
             timeout=options.health_timeout,
+            startup_timeout=options.health_startup_timeout,
+            bootstrap=options.health_bootstrap,
+            on_hang=options.health_on_hang,
             **server_options,
         )
     except ImportError as exc:  # no torch: the message names the extra to install
@@ -222,7 +325,7 @@ def _torchrun(arguments: list[str]) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from ._probe import TargetError, parse_target, probe
+    from ._probe import TargetError, parse_target, printable, probe
 
     try:
         targets = [parse_target(text) for text in args.targets]
@@ -242,7 +345,8 @@ def _probe(args: argparse.Namespace) -> int:
         rows = [("TARGET", "VERDICT", "AGE", "LATENCY", "REASON")]
         for r in results:
             age = "-" if r.age is None else f"{r.age:.1f}s"
-            rows.append((r.target, r.verdict, age, f"{r.latency * 1000:.1f}ms", r.reason or ""))
+            reason = printable(r.reason or "")  # a server's text must not drive the terminal
+            rows.append((r.target, r.verdict, age, f"{r.latency * 1000:.1f}ms", reason))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:
             cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
@@ -251,12 +355,34 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
     import signal
     import threading
 
-    from ._kinds import create_server
+    from ._kinds import ConfigurationError, create_server, resolve_kind
     from ._progress import HeartbeatFileReader
 
+    try:
+        server_class = resolve_kind(args.kind, source="--kind")
+    except ConfigurationError as exc:
+        print(f"{PROG} serve: error: {exc}", file=sys.stderr)
+        return 2
+    from .health_check_server import HealthCheckServer
+
+    if server_class is HealthCheckServer:
+        print(
+            f"{PROG} serve: error: --kind {args.kind} is torch's no-op server, which serves"
+            " nothing; choose http, tcp or a plugin's kind",
+            file=sys.stderr,
+        )
+        return 2
+    if args.heartbeat_file and os.path.isdir(args.heartbeat_file):
+        print(
+            f"{PROG} serve: error: --heartbeat-file {args.heartbeat_file} is a directory;"
+            " name the file that the trainer's HeartbeatFile touches",
+            file=sys.stderr,
+        )
+        return 2
     callback = HeartbeatFileReader(args.heartbeat_file) if args.heartbeat_file else _now
     options: dict[str, object] = {}
     if args.host is not None:
@@ -291,15 +417,15 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"{PROG} serve: error: {exc}", file=sys.stderr)
             return 1
-        url = getattr(server, "url", None)
-        where = url or f"{getattr(server, 'host', args.host)}:{getattr(server, 'port', args.port)}"
+        where, note = _where(server, args.port)
         source = (
             f"heartbeat file {args.heartbeat_file}"
             if args.heartbeat_file
             else "this process's clock"
         )
         print(
-            f"Serving {args.kind} health checks on {where} (liveness: {source}); Ctrl-C to stop",
+            f"Serving {args.kind} health checks on {where} ({note}liveness: {source});"
+            " Ctrl-C to stop",
             flush=True,
         )
         stop.wait()  # a signal handler sets it; lock waits are interruptible on POSIX
@@ -308,6 +434,27 @@ def _serve(args: argparse.Namespace) -> int:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _where(server: object, port: int) -> tuple[str, str]:
+    """Where ``server`` listens, as probe targets, and a note for a wildcard address."""
+    addresses = getattr(server, "addresses", None)
+    if not addresses:
+        return f"port {getattr(server, 'port', port)}", ""
+    from ._tcp import TCPHealthCheckServer
+
+    shown = []
+    wildcard = False
+    for host, bound in addresses:
+        wildcard = wildcard or host in ("::", "0.0.0.0", "")
+        authority = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        if hasattr(server, "url"):
+            shown.append(f"http://{authority}/healthz")
+        elif isinstance(server, TCPHealthCheckServer):
+            shown.append(f"tcp://{authority}")
+        else:
+            shown.append(authority)
+    return " and ".join(shown), "every interface; " if wildcard else ""
 
 
 def _now() -> float:

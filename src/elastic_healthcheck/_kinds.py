@@ -205,7 +205,12 @@ def create_server(
         cls = resolve_kind(kind)
         described = f"health check server kind {kind!r} (the default: {ENV_SERVER} is not set)"
 
-    keys = sorted(key for key in env if key.startswith(ENV_PREFIX) and not _is_reserved(key))
+    # A blank variable counts as unset: never an option, never an unknown name.
+    keys = sorted(
+        key
+        for key in env
+        if key.startswith(ENV_PREFIX) and not _is_reserved(key) and env[key].strip()
+    )
     factory: Callable[..., HealthCheckServer] = cls
     if not explicit and not keys:  # the common case: nothing to check, no introspection
         return factory(alive_callback, port, timeout)
@@ -240,14 +245,18 @@ def create_server(
         values[name] = _parse(key, env[key], raw, option_type, where)
         from_env[key] = env[key]
     values.update(explicit)
-    if not from_env:
-        return factory(alive_callback, port, timeout, **values)
     try:
         return factory(alive_callback, port, timeout, **values)
+    except ConfigurationError:
+        raise
     except (TypeError, ValueError) as exc:
-        shown = ", ".join(f"{key}={value!r}" for key, value in from_env.items())
+        shown = ", ".join(
+            [f"{key}={value!r}" for key, value in from_env.items()]
+            + [f"{name}={value!r}" for name, value in explicit.items()]
+        )
+        where = "from the environment " if not explicit else ""
         raise ConfigurationError(
-            f"{described} rejected its options from the environment ({shown}): {exc}"
+            f"{described} rejected its options {where}({shown}): {exc}"
         ) from exc
 
 

@@ -2,7 +2,12 @@
 
 One thread, non-blocking sockets and one ``selectors`` loop, so probing 100 targets takes
 about one timeout, not one per target. Only names that are not IP addresses go through
-the resolver, on a few threads, since ``getaddrinfo`` blocks.
+the resolver, on a few daemon threads, since ``getaddrinfo`` blocks and cannot be
+cancelled: a resolver that hangs costs at most the timeout, never more. More targets than
+the open-file limit allows at once are probed in turn, each with its own full timeout.
+
+Whatever a server sends, garbage included, is that target's result (``error``, with a
+reason); it never disturbs another target's result.
 
 Kept lean on purpose: Docker runs ``elastic-healthcheck probe`` every few seconds.
 """
@@ -11,16 +16,32 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import selectors
 import socket
 import time
 from collections.abc import Sequence
 
-__all__ = ["ProbeResult", "Target", "TargetError", "parse_target", "probe"]
+TYPE_CHECKING = False  # typing costs milliseconds at start-up, and probe starts every few seconds
+if TYPE_CHECKING:
+    import queue
+
+__all__ = ["ProbeResult", "Target", "TargetError", "parse_target", "printable", "probe"]
 
 DEFAULT_PATH = "/healthz"
 MAX_RESPONSE = 64 * 1024  # our answers are a few hundred bytes; stop reading beyond this
+
+# The longest single wait in the loop: epoll and poll take milliseconds as a C int, so a
+# wait past about 24.8 days overflows (OverflowError). A target's deadline may be later.
+_MAX_WAIT = 3600.0
+
+# File descriptors kept free for everything else (the selector, the resolver's sockets,
+# stdio, the interpreter's own files) when the open-file limit caps concurrent probes.
+_SPARE_FDS = 32
+
+# How much of what a server sent a reason quotes, when it is not a health-check answer.
+_QUOTE = 60
 
 
 class TargetError(ValueError):
@@ -127,13 +148,23 @@ def parse_target(text: str) -> Target:
             port_text = "80"
         else:
             raise TargetError(f"{text!r}: no port (expected host:port)")
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) <= 65535:
         raise TargetError(f"{text!r}: port must be a number from 1 to 65535")
     return Target(text, scheme, host, int(port_text), path)
 
 
 class _Probe:
-    __slots__ = ("target", "sock", "state", "sent", "received", "started", "request", "result")
+    __slots__ = (
+        "target",
+        "sock",
+        "state",
+        "sent",
+        "received",
+        "started",
+        "request",
+        "result",
+        "deferred",
+    )
 
     def __init__(self, target: Target, started: float) -> None:
         self.target = target
@@ -144,87 +175,206 @@ class _Probe:
         self.started = started
         self.request = b""
         self.result: ProbeResult | None = None
+        self.deferred = False  # started late, for want of file descriptors
 
 
 def probe(targets: Sequence[Target], timeout: float = 1.0) -> list[ProbeResult]:
-    """Probe every target concurrently; each gets ``timeout`` seconds from the start.
+    """Probe every target concurrently; each gets ``timeout`` seconds from its start.
+
+    Every target starts at once, unless there are more than the open-file limit allows
+    (``ulimit -n``): then as many as fit start at once and each of the others starts as
+    soon as one finishes, with its own full timeout. A name to resolve counts against its
+    own targets' timeout only; IP addresses are probed while names resolve.
+
+    Args:
+        targets: What to probe, from :func:`parse_target`.
+        timeout: Seconds per target, for resolving, connecting and the answer; > 0.
 
     Returns:
         One result per target, in the order given.
     """
+    from collections import deque
+
     started = time.monotonic()
-    deadline = started + timeout
     probes = [_Probe(t, started) for t in targets]
-    addresses = _resolve([p.target for p in probes], timeout)
     selector = selectors.DefaultSelector()
+    resolver = _Resolver(probes, selector)
+    ready = deque(p for p in probes if p.target.host in resolver.found)
+    window = _max_open()
+    active: list[_Probe] = []
     try:
-        for item in probes:
-            address = addresses.get(item.target.host)
-            if isinstance(address, Exception):
-                _fail(item, f"cannot resolve {item.target.host}: {_describe(address)}")
+        while ready or active or resolver.waiting:
+            for host in resolver.answers():
+                ready.extend(resolver.waiting.pop(host, []))
+            while ready and len(active) < window:
+                item = ready.popleft()
+                address = resolver.found[item.target.host]
+                if isinstance(address, Exception):
+                    _fail(item, f"cannot resolve {item.target.host}: {_describe(address)}")
+                    continue
+                if item.deferred:  # it waited for a file descriptor: its own full timeout
+                    item.started = time.monotonic()
+                if not _connect(item, address, selector):  # out of file descriptors
+                    if not active:
+                        _fail(item, _describe(OSError(errno.EMFILE, os.strerror(errno.EMFILE))))
+                        continue
+                    ready.appendleft(item)  # retry once another probe has closed its socket
+                    window = max(1, len(active))
+                    break
+                if item.result is None:
+                    active.append(item)
+            for item in ready:
+                item.deferred = True
+            now = time.monotonic()
+            for item in active:
+                if now >= item.started + timeout:
+                    reason = f"timed out after {timeout:g}s while {item.state}"
+                    if item.state == "reading" and not item.received:
+                        reason += ": the server sent nothing"
+                    _finish(item, selector, error=reason)
+            active = [p for p in active if p.result is None]
+            if resolver.waiting and now >= started + timeout:
+                for host, waiting in resolver.waiting.items():
+                    for item in waiting:
+                        _fail(item, f"cannot resolve {host}: no answer within {timeout:g}s")
+                resolver.waiting.clear()
+            if not active and not resolver.waiting:
                 continue
-            assert address is not None
-            _connect(item, address, selector)
-        while True:
-            pending = [p for p in probes if p.result is None]
-            remaining = deadline - time.monotonic()
-            if not pending:
-                break
-            if remaining <= 0:
-                for item in pending:
-                    _fail(item, f"timed out after {timeout:g}s while {item.state}")
-                break
-            for key, events in selector.select(remaining):
-                _advance(key.data, events, selector)
+            deadlines = [p.started + timeout for p in active]
+            if resolver.waiting:
+                deadlines.append(started + timeout)
+            wait = min(max(min(deadlines) - now, 0.0), _MAX_WAIT)
+            for key, events in selector.select(wait):
+                if key.data is not None:
+                    _advance(key.data, events, selector)
+            active = [p for p in active if p.result is None]
     finally:
         for item in probes:
             if item.sock is not None:
                 item.sock.close()
+        resolver.close()
         selector.close()
     return [p.result for p in probes if p.result is not None]
 
 
-def _resolve(
-    targets: Sequence[Target], timeout: float
-) -> dict[str, tuple[int, tuple[object, ...]] | Exception]:
-    """Map each host to (family, sockaddr); IP addresses skip the resolver."""
-    found: dict[str, tuple[int, tuple[object, ...]] | Exception] = {}
-    names: list[tuple[str, int]] = []
-    for target in targets:
-        if target.host in found:
-            continue
-        for family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                socket.inet_pton(family, target.host)
-            except (OSError, ValueError):
+def _max_open() -> int:
+    """How many sockets may be open at once under the open-file limit."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 1 << 30
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, soft - _SPARE_FDS)
+
+
+_Address = tuple[int, tuple[object, ...]]
+
+
+class _Resolver:
+    """Addresses for the targets' hosts: IP addresses at once, names on daemon threads.
+
+    ``getaddrinfo`` blocks and cannot be cancelled, so names are looked up on a few
+    daemon threads that post each answer and wake the selector through a socket pair.
+    A lookup still running when the probe ends is left behind: a daemon thread does not
+    keep the process from exiting (a ``ThreadPoolExecutor``'s threads would, since they
+    are joined at exit, so a hung resolver would hold the command past its timeout).
+    """
+
+    def __init__(self, probes: Sequence[_Probe], selector: selectors.BaseSelector) -> None:
+        self.found: dict[str, _Address | Exception] = {}
+        self.waiting: dict[str, list[_Probe]] = {}  # host -> its probes, until it resolves
+        names: dict[str, int] = {}
+        for item in probes:
+            host = item.target.host
+            if host in self.found:
                 continue
-            found[target.host] = (family, (target.host, target.port))
-            break
-        else:
-            names.append((target.host, target.port))
-    if names:
-        from concurrent.futures import ThreadPoolExecutor, wait
-
-        def lookup(host: str, port: int) -> tuple[int, tuple[object, ...]]:
-            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-            return int(info[0]), tuple(info[4])
-
-        pool = ThreadPoolExecutor(max_workers=min(16, len(names)))
-        futures = {host: pool.submit(lookup, host, port) for host, port in dict(names).items()}
-        done, _ = wait(futures.values(), timeout=timeout)
-        for host, future in futures.items():
-            if future in done:
-                error = future.exception()
-                found[host] = future.result() if error is None else error  # type: ignore[assignment]
+            if host in self.waiting:
+                self.waiting[host].append(item)
+                continue
+            address = _ip_address(host, item.target.port)
+            if address is not None:
+                self.found[host] = address
             else:
-                found[host] = TimeoutError(f"no answer within {timeout:g}s")
-        pool.shutdown(wait=False, cancel_futures=True)
-    return found
+                self.waiting[host] = [item]
+                names[host] = item.target.port
+        self._wakeup: socket.socket | None = None
+        self._waker: socket.socket | None = None
+        if not names:
+            return
+        import queue
+        import threading
+
+        self._wakeup, self._waker = socket.socketpair()
+        self._wakeup.setblocking(False)
+        selector.register(self._wakeup, selectors.EVENT_READ, None)
+        self._answers: queue.SimpleQueue[tuple[str, _Address | Exception]] = queue.SimpleQueue()
+        todo: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        for host, port in names.items():
+            todo.put((host, port))
+        for index in range(min(16, len(names))):
+            thread = threading.Thread(
+                target=self._lookups, args=(todo, self._waker), name=f"probe-resolver-{index}"
+            )
+            thread.daemon = True
+            thread.start()
+
+    def _lookups(self, todo: queue.SimpleQueue[tuple[str, int]], waker: socket.socket) -> None:
+        import queue
+
+        while True:
+            try:
+                host, port = todo.get_nowait()
+            except queue.Empty:
+                return
+            answer: _Address | Exception
+            try:
+                info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+                answer = (int(info[0]), tuple(info[4]))
+            except Exception as exc:  # gaierror, UnicodeError for a bad IDNA name, ...
+                answer = exc
+            self._answers.put((host, answer))
+            try:
+                waker.send(b"\0")
+            except OSError:  # the probe is over and closed it: nobody is waiting
+                pass
+
+    def answers(self) -> list[str]:
+        """The hosts resolved since the last call (their addresses are in ``found``)."""
+        if self._wakeup is None:
+            return []
+        try:
+            while self._wakeup.recv(4096):
+                pass
+        except OSError:  # BlockingIOError: drained
+            pass
+        hosts = []
+        while not self._answers.empty():
+            host, answer = self._answers.get_nowait()
+            self.found[host] = answer
+            hosts.append(host)
+        return hosts
+
+    def close(self) -> None:
+        for sock in (self._wakeup, self._waker):
+            if sock is not None:
+                sock.close()
 
 
-def _connect(
-    item: _Probe, address: tuple[int, tuple[object, ...]], selector: selectors.BaseSelector
-) -> None:
+def _ip_address(host: str, port: int) -> _Address | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family, (host, port)
+    return None
+
+
+def _connect(item: _Probe, address: _Address, selector: selectors.BaseSelector) -> bool:
+    """Start connecting; False when there is no file descriptor left for the socket."""
     family, sockaddr = address
     sockaddr = (sockaddr[0], item.target.port, *sockaddr[2:])
     target = item.target
@@ -237,14 +387,25 @@ def _connect(
             "User-Agent: elastic-healthcheck-probe\r\nAccept: application/json\r\n"
             "Connection: close\r\n\r\n"
         ).encode("ascii", "replace")
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    item.sock = sock
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return False
+        _fail(item, _describe(exc))
+        return True
     sock.setblocking(False)
-    code = sock.connect_ex(sockaddr)
+    try:
+        code = sock.connect_ex(sockaddr)
+    except OSError as exc:  # e.g. an IPv6 scope that names no interface
+        code = exc.errno or errno.EINVAL
     if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+        sock.close()
         _fail(item, _describe(OSError(code, os.strerror(code))))
-        return
+        return True
+    item.sock = sock
     selector.register(sock, selectors.EVENT_WRITE, item)
+    return True
 
 
 def _advance(item: _Probe, events: int, selector: selectors.BaseSelector) -> None:
@@ -257,6 +418,15 @@ def _advance(item: _Probe, events: int, selector: selectors.BaseSelector) -> Non
             return
         item.state = "sending" if item.request else "reading"
         if item.state == "reading":
+            # tcp://: a status server writes without being asked. Half-close to say that
+            # nothing will come: ours answers all the same, while a server that waits for
+            # a request (HTTP, say) sees the end of it and hangs up at once, instead of
+            # keeping the probe until its timeout. No bytes are sent, so none can arrive
+            # unread and turn the server's close into a reset.
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
             selector.modify(sock, selectors.EVENT_READ, item)
     if item.state == "sending":
         try:
@@ -284,6 +454,8 @@ def _advance(item: _Probe, events: int, selector: selectors.BaseSelector) -> Non
         item.received += chunk
         if not chunk or len(item.received) > MAX_RESPONSE:
             _finish(item, selector)
+        elif item.target.scheme == "tcp" and b"\n" in chunk:
+            _finish(item, selector)  # a status line is one line: no need to wait for the close
 
 
 def _finish(item: _Probe, selector: selectors.BaseSelector, error: str | None = None) -> None:
@@ -292,10 +464,11 @@ def _finish(item: _Probe, selector: selectors.BaseSelector, error: str | None = 
         item.sock.close()
     if error is not None:
         _fail(item, error)
-    elif item.target.scheme == "http":
-        item.result = _from_http(item)
-    else:
-        item.result = _from_tcp(item)
+        return
+    try:
+        item.result = _from_http(item) if item.target.scheme == "http" else _from_tcp(item)
+    except Exception as exc:  # whatever garbage a server sent is this target's error alone
+        _fail(item, f"unreadable answer ({type(exc).__name__})")
 
 
 def _fail(item: _Probe, reason: str) -> None:
@@ -311,32 +484,30 @@ def _from_http(item: _Probe) -> ProbeResult:
     status_line = head.split(b"\r\n", 1)[0]
     parts = status_line.split(b" ", 2)
     if not sep or len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        return ProbeResult(text, "error", latency, reason="not an HTTP response")
-    status = int(parts[1])
+        return ProbeResult(text, "error", latency, reason=_not_ours("not an HTTP response", item))
+    status = int(parts[1][:3])
+
+    def error(reason: str) -> ProbeResult:
+        return ProbeResult(text, "error", latency, reason=reason, status=status)
+
     try:
         data = json.loads(body)
-        verdict = data["status"]
-        if verdict not in ("alive", "dead", "unknown"):
-            raise ValueError(verdict)
-    except (ValueError, KeyError, TypeError):
-        return ProbeResult(
-            text,
-            "error",
-            latency,
-            reason=f"HTTP {status}, not a health-check answer",
-            status=status,
-        )
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
+        return error(f"HTTP {status}, not a health-check answer")
+    verdict = data.get("status") if isinstance(data, dict) else None
+    if not isinstance(verdict, str) or verdict not in ("alive", "dead", "unknown"):
+        return error(f"HTTP {status}, not a health-check answer")
     if (status == 200) != (verdict == "alive"):
-        return ProbeResult(
-            text, "error", latency, reason=f"HTTP {status} with {verdict!r}", status=status
-        )
-    age = data.get("age")
+        return error(f"HTTP {status} with {verdict!r}")
+    age = _seconds(data.get("age"))
+    if age is False:
+        return error(f"HTTP {status}, age is not a finite number of seconds")
     reason = data.get("reason")
     return ProbeResult(
         text,
         verdict,
         latency,
-        age=float(age) if isinstance(age, (int, float)) else None,
+        age=age,
         reason=reason if isinstance(reason, str) else None,
         status=status,
     )
@@ -347,23 +518,69 @@ def _from_tcp(item: _Probe) -> ProbeResult:
     latency = time.monotonic() - item.started
     text = item.target.text
     line, newline, _ = item.received.partition(b"\n")
-    words = line.decode("ascii", "replace").split(" ")
+    if line.startswith((b"up #", b"down #")):  # agent_check=True: HAProxy's word, then ours
+        line = line.partition(b"#")[2]
+    words = line.rstrip(b"\r").decode("ascii", "replace").split(" ")
     verdict = words[0]
+    if not item.received:
+        return ProbeResult(
+            text, "error", latency, reason="the server closed the connection without a status line"
+        )
     if not newline or verdict not in ("alive", "dead", "unknown"):
-        return ProbeResult(text, "error", latency, reason="not a health-check status line")
+        return ProbeResult(
+            text, "error", latency, reason=_not_ours("not a health-check status line", item)
+        )
     age: float | None = None
     reason: str | None = None
     for index, word in enumerate(words[1:], start=1):
         key, _, value = word.partition("=")
         if key == "age":
             try:
-                age = float(value)
+                seconds = _seconds(float(value))
             except ValueError:
-                pass
+                seconds = False
+            if seconds is False:
+                return ProbeResult(
+                    text, "error", latency, reason="age is not a finite number of seconds"
+                )
+            age = seconds
         elif key == "reason":
             reason = " ".join([value, *words[index + 1 :]])
             break
     return ProbeResult(text, verdict, latency, age=age, reason=reason)
+
+
+def _seconds(value: object) -> float | None | bool:
+    """A JSON or status-line age as float seconds; None if absent; False if not finite."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # a 400-digit integer
+        return False
+    return seconds if math.isfinite(seconds) else False
+
+
+def _not_ours(what: str, item: _Probe) -> str:
+    """``what``, and the start of what the server sent, quoted safely for a terminal."""
+    first = item.received.split(b"\n", 1)[0].rstrip(b"\r")
+    if not first:
+        return what
+    quoted = printable(first[:_QUOTE].decode("utf-8", "replace"))
+    more = "..." if len(first) > _QUOTE else ""
+    return f"{what}: it sent '{quoted}{more}'"
+
+
+def printable(text: str) -> str:
+    """``text`` with every control or non-printable character escaped (``\\x1b``, ``\\r``).
+
+    What a server sends must not drive the terminal that shows it.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _describe(exc: BaseException) -> str:

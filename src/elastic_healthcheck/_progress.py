@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -117,8 +118,9 @@ class HeartbeatFile:
     and touches the file at once, so a stale file left by an earlier run cannot get a
     restarted job killed while it starts up.
 
-    Creating the file's directory is the caller's job. A failure to touch the file at
-    construction raises, since it is almost surely a wrong path. A failure later (the
+    Creating the file's directory is the caller's job: a missing directory raises
+    ``FileNotFoundError`` naming it. A failure to touch the file at construction raises,
+    since it is almost surely a wrong path. A failure later (the
     directory was removed, the disk went away) never raises out of ``beat()``, because
     that would kill the training step it reports on: it is logged once as a WARNING
     naming the path and errno, retried every ``interval`` seconds, and its end is logged
@@ -136,6 +138,8 @@ class HeartbeatFile:
             ``unknown`` rather than a stale time once the job has ended on purpose.
 
     Raises:
+        FileNotFoundError: The file's directory does not exist.
+        IsADirectoryError: The path is a directory.
         OSError: The file could not be created or touched at construction (its message
             names the path and errno).
         ValueError: ``interval`` is negative or not finite.
@@ -158,7 +162,16 @@ class HeartbeatFile:
         self._remove = remove_on_close
         self._closed = False
         self._failing = False
-        _touch(self._path)
+        if os.path.isdir(self._path):  # utime() would touch the directory, and say nothing
+            raise IsADirectoryError(errno.EISDIR, "a heartbeat file cannot be a directory", path)
+        try:
+            _touch(self._path)
+        except FileNotFoundError:
+            directory = os.path.dirname(os.path.abspath(self._path))
+            message = (
+                f"cannot create the heartbeat file: no directory {directory} (create it first)"
+            )
+            raise FileNotFoundError(errno.ENOENT, message, self._path) from None
         self._next = clock() + self._interval
 
     @property
@@ -233,8 +246,10 @@ class HeartbeatFileReader:
     A missing file raises ``FileNotFoundError``, which the liveness rule turns into
     ``unknown`` with the reason ``"callback raised FileNotFoundError"``: the job has not
     started, has ended with ``remove_on_close``, or the path is wrong, and no verdict
-    would be honest. An mtime a little ahead of the local clock (another machine's clock
-    on a network file system) counts as alive with age 0, as for any callback.
+    would be honest. A directory raises ``IsADirectoryError`` (``unknown`` too): its
+    modification time says nothing about progress. An mtime a little ahead of the local
+    clock (another machine's clock on a network file system) counts as alive with age 0,
+    as for any callback.
 
     >>> import tempfile
     >>> with tempfile.NamedTemporaryFile() as f:
@@ -261,9 +276,15 @@ class HeartbeatFileReader:
 
         Raises:
             FileNotFoundError: The file does not exist.
+            IsADirectoryError: The path is a directory.
             OSError: The file could not be examined (for example ``PermissionError``).
         """
-        return os.stat(self._path).st_mtime
+        info = os.stat(self._path)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(
+                errno.EISDIR, "a heartbeat file cannot be a directory", self._path
+            )
+        return info.st_mtime
 
     def __repr__(self) -> str:
         return f"HeartbeatFileReader({self._path!r})"
@@ -274,7 +295,9 @@ def _touch(path: str) -> None:
     try:
         # One syscall in the common case, where the file exists.
         os.utime(path)
+        return
     except FileNotFoundError:
-        # A new file's mtime is its creation time, so there is nothing more to set. No
-        # O_TRUNC: if another process created the file meanwhile, it is left as it is.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, _FILE_MODE))
+        pass  # outside the handler, so that a failure below is not chained to this one
+    # A new file's mtime is its creation time, so there is nothing more to set. No
+    # O_TRUNC: if another process created the file meanwhile, it is left as it is.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, _FILE_MODE))

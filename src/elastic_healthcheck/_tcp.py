@@ -54,6 +54,28 @@ def status_line(status: HealthStatus) -> bytes:
     return line.encode("ascii", errors="replace")
 
 
+def agent_check_line(status: HealthStatus) -> bytes:
+    """The line :class:`TCPHealthCheckServer` writes for ``status`` with ``agent_check=True``.
+
+    HAProxy's agent-check acts on the words ``up`` and ``down`` and shows what follows a
+    ``#`` as the description, so our whole line goes there, where no word of a reason can
+    be taken for a command (https://docs.haproxy.org/2.6/configuration.html#5.2-agent-check).
+
+    >>> agent_check_line(HealthStatus(Verdict.ALIVE, 60.0, last_progress=0.0, age=3.04))
+    b'up #alive age=3.0 timeout=60\\n'
+    >>> agent_check_line(HealthStatus.unknown(60.0, "callback raised KeyError"))
+    b'down #unknown timeout=60 reason=callback raised KeyError\\n'
+
+    Args:
+        status: The verdict to render.
+
+    Returns:
+        ``up #<line>`` while alive, ``down #<line>`` otherwise, where ``<line>`` is
+        :func:`status_line`'s.
+    """
+    return (b"up #" if status.alive else b"down #") + status_line(status)
+
+
 class TCPState(StateEnum):
     """Where one TCP status connection is."""
 
@@ -142,7 +164,14 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
         $ nc 127.0.0.1 8081 </dev/null
         alive age=3.0 timeout=60
 
-    The words are this project's, not HAProxy's own keywords (``up``, ``down``, ...).
+    With ``agent_check=True`` the line speaks HAProxy's agent-check words instead: ``up``
+    or ``down``, then ours after a ``#`` (:func:`agent_check_line`)::
+
+        up #alive age=3.0 timeout=60
+        down #dead age=75.0 timeout=60
+
+    Without it, HAProxy's agent-check cannot act on the line (it knows ``up``, ``down``,
+    ``drain``, ``maint``, ...): use ``tcp-check expect`` there instead (docs/deploy.md).
     Bytes a client sends (HAProxy's ``agent-send``) are read and dropped; a client that
     sends something, or half-closes, still gets its line, and the close is graceful so
     that its unread input cannot turn into a reset that destroys the line.
@@ -194,6 +223,8 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
         recheck_interval: Seconds between the server's own callback calls with
             ``refuse_while_dead``: how late a death (or a recovery) is noticed when
             nobody connects.
+        agent_check: Answer in HAProxy's agent-check words (``up``/``down``, our line
+            after ``#``).
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -215,11 +246,11 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         refuse_while_dead: bool = False,
         recheck_interval: float = DEFAULT_RECHECK_INTERVAL,
+        agent_check: bool = False,
     ) -> None:
-        if not isinstance(refuse_while_dead, bool):
-            raise TypeError(
-                f"refuse_while_dead must be a bool, not {type(refuse_while_dead).__name__}"
-            )
+        for name, flag in (("refuse_while_dead", refuse_while_dead), ("agent_check", agent_check)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, not {type(flag).__name__}")
         check_seconds("recheck_interval", recheck_interval, allow_zero=False)
         super().__init__(
             alive_callback,
@@ -232,6 +263,7 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
         )
         self._refuse_while_dead = refuse_while_dead
         self._recheck_interval = float(recheck_interval)
+        self._render = agent_check_line if agent_check else status_line
         self._line: tuple[HealthStatus | None, bytes] = (None, b"")
 
     @property
@@ -247,7 +279,7 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
     def _status_line(self, status: HealthStatus) -> bytes:
         cached, line = self._line
         if cached is not status:
-            line = status_line(status)
+            line = self._render(status)
             self._line = (status, line)
         return line
 

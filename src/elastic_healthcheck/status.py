@@ -166,9 +166,11 @@ def evaluate(last_progress: object, timeout: float, now: float) -> HealthStatus:
     age = now - last
     if age < 0.0:
         if -age > MAX_FUTURE_SKEW:
+            # A time in milliseconds (or finer) is 1000 times the clock or more; anything
+            # less is more likely a clock that stepped back, or a wrong clock elsewhere.
+            guess = "milliseconds, not seconds?" if last >= 100 * abs(now) else "a clock step?"
             return HealthStatus.unknown(
-                limit,
-                f"last progress is {-age:.3g}s ahead of the clock (milliseconds, not seconds?)",
+                limit, f"last progress is {-age:.3g}s ahead of the clock ({guess})"
             )
         age = 0.0
     verdict = Verdict.ALIVE if age <= limit else Verdict.DEAD

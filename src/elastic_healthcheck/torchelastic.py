@@ -28,23 +28,44 @@ a health server: a health check must never be what ends a training job.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
+from ._groupverdict import group_status
+from ._rankrecord import (
+    ENV_DIR,
+    ENV_LOCAL_RANK,
+    ENV_STACK_SIGNAL,
+    FLAG_STACKS,
+    RankSnapshot,
+    create_record,
+    read_record,
+    record_path,
+    stack_path,
+)
+from ._stacks import STACK_SIGNAL, capture_stack
 from .health_check_server import HealthCheckServer
 from .logging import get_logger
 from .status import HealthStatus, Verdict, evaluate
-from .worker import ENV_DIR, ENV_INTERVAL
 
 __all__ = [
+    "DEFAULT_STARTUP_TIMEOUT",
+    "ENV_BOOTSTRAP",
+    "ENV_ON_HANG",
     "ENV_PORT",
+    "ENV_STARTUP_TIMEOUT",
     "ENV_TIMEOUT",
+    "ON_HANG",
     "PHASES",
+    "TORCH_INTERNALS",
     "Integration",
     "install",
 ]
@@ -53,16 +74,63 @@ log = get_logger(__name__)
 
 ENV_PORT = "TORCHELASTIC_HEALTH_CHECK_PORT"  # torch's own variable
 ENV_TIMEOUT = "ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT"  # overrides the 60 s torch passes
+ENV_STARTUP_TIMEOUT = "ELASTIC_HEALTHCHECK_TORCHRUN_STARTUP_TIMEOUT"
+ENV_BOOTSTRAP = "ELASTIC_HEALTHCHECK_TORCHRUN_BOOTSTRAP"  # 0 turns the worker bootstrap off
+ENV_ON_HANG = "ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG"  # report (default) or restart
+
+# From a worker group's spawn, how long ranks may go without their first progress (an
+# optimizer step or a beat) before they are blamed. It covers importing torch, the
+# process group's own rendezvous, loading data and the first step of a large job:
+# torch's own default timeout for init_process_group (and its first collectives on
+# gloo) is 30 minutes, so a first step that takes longer fails in torch anyway.
+DEFAULT_STARTUP_TIMEOUT = 1800.0
+ON_HANG = ("report", "restart")
+HANG_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a hung worker group
+STACK_DEADLINE = 2.0  # seconds to collect every stalled rank's stacks
+BOOTSTRAP_MODULE = "elastic_healthcheck._bootstrap"
+
+# The torch internals the integration uses, all in one place, and the versions whose
+# end-to-end tests passed with them (benchmarks/../scripts/torch-versions.sh records them).
+TORCH_INTERNALS = (
+    "torch.distributed.elastic.agent.server.local_elastic_agent.create_healthcheck_server",
+    "torch.distributed.elastic.agent.server.local_elastic_agent.start_processes",
+    "torch.distributed.elastic.multiprocessing.api.SignalException",
+    "torch.distributed.elastic.agent.server.api.SimpleElasticAgent.run",
+    "torch.distributed.elastic.agent.server.api.SimpleElasticAgent._rendezvous",
+    "torch.distributed.elastic.agent.server.api.SimpleElasticAgent._exit_barrier",
+    "torch.distributed.elastic.agent.server.local_elastic_agent.LocalElasticAgent._start_workers",
+    "torch.distributed.elastic.agent.server.local_elastic_agent.LocalElasticAgent._stop_workers",
+    "torch.distributed.elastic.agent.server.local_elastic_agent.LocalElasticAgent._monitor_workers",
+    "torch.optim.optimizer.register_optimizer_step_post_hook",
+    "torch.distributed.<collective> and torch.distributed.distributed_c10d.<collective>",
+)
+PROVEN_TORCH = ("2.13.0",)
 
 DEFAULT_KIND = "http"
 TORCH_TIMEOUT = 60.0  # what LocalElasticAgent passes to create_healthcheck_server
 
 PHASES = ("starting", "rendezvous", "running", "restarting", "exit_barrier", "stopped")
 
-_MISSING_TORCH = "the torch integration needs PyTorch: pip install 'elastic-healthcheck[torch]'"
+_MISSING_TORCH = (
+    "the torch integration needs PyTorch: pip install torch"
+    " (or, in a checkout of elastic-healthcheck: pip install '.[torch]')"
+)
 
 _lock = threading.Lock()
 _installed: Integration | None = None
+
+
+class _Group:
+    """The current worker group as the agent spawned it (replaced whole, never mutated)."""
+
+    __slots__ = ("local_ranks", "pids", "start")
+
+    def __init__(
+        self, start: float, local_ranks: tuple[str, ...], pids: Mapping[str, int] | None = None
+    ) -> None:
+        self.start = start
+        self.local_ranks = local_ranks
+        self.pids: Mapping[str, int] = pids or {}
 
 
 class _AgentState:
@@ -72,41 +140,49 @@ class _AgentState:
     is replaced whole, never mutated, so a reader sees one value or the next.
     """
 
-    def __init__(self, rank_dir: str, timeout: float | None) -> None:
+    def __init__(self, rank_dir: str, timeout: float | None, startup_timeout: float) -> None:
         self.rank_dir = rank_dir
         self.phase = "starting"
         self.callback: Callable[[], object] | None = None
         self.override_timeout = timeout
         self.torch_timeout = TORCH_TIMEOUT
+        self.startup_timeout = startup_timeout
+        self.group: _Group | None = None
+        self.run_id: str | None = None
+        self.restarts = 0
+        self.hang_restarts = 0
+        self.last_hang_restart: Mapping[str, object] | None = None
 
     @property
     def timeout(self) -> float:
         return self.override_timeout if self.override_timeout is not None else self.torch_timeout
 
-    def ranks(self) -> dict[str, float]:
-        """Local rank -> the mtime of its heartbeat file, for ranks that have beaten."""
-        found: dict[str, float] = {}
-        try:
-            entries = os.scandir(self.rank_dir)
-        except OSError:
-            return found
-        with entries:
-            for entry in entries:
-                if entry.name.startswith("rank-"):
-                    try:
-                        found[entry.name[5:]] = entry.stat().st_mtime
-                    except OSError:
-                        pass  # the rank just exited and removed it
-        return dict(sorted(found.items(), key=lambda item: int(item[0])))
+    def snapshots(self) -> dict[str, RankSnapshot]:
+        """Local rank -> its record, for every rank of the current group."""
+        group = self.group
+        if group is None:
+            return {}
+        found: dict[str, RankSnapshot] = {}
+        for rank in group.local_ranks:
+            snapshot = read_record(record_path(self.rank_dir, rank))
+            found[rank] = snapshot if snapshot is not None else RankSnapshot(spawn_time=group.start)
+        return found
+
+    def exited(self) -> frozenset[str]:
+        """Local ranks whose worker process is gone."""
+        group = self.group
+        if group is None:
+            return frozenset()
+        return frozenset(rank for rank, pid in group.pids.items() if _process_gone(pid))
 
     def clear_ranks(self) -> None:
-        """Forget the previous worker group's beats: a new group starts its grace anew."""
+        """Forget the previous worker group's records and stacks."""
         try:
             entries = list(os.scandir(self.rank_dir))
         except OSError:
             return
         for entry in entries:
-            if entry.name.startswith("rank-"):
+            if entry.name.startswith(("rank-", "stack-")):
                 try:
                     os.unlink(entry.path)
                 except OSError:
@@ -117,37 +193,69 @@ class _AgentState:
         status = self.status()
         if status.last_progress is None:
             raise RuntimeError(status.reason or "no progress time")
+        if not status.alive:
+            # A plain callback can only say "this long ago": make it old enough to be dead.
+            return min(status.last_progress, time.time() - status.timeout - 1.0)
         return status.last_progress
 
+    def extra(self) -> dict[str, object]:
+        extra: dict[str, object] = {"restarts": self.restarts, "hang_restarts": self.hang_restarts}
+        if self.run_id is not None:
+            extra["run_id"] = self.run_id
+        if self.last_hang_restart is not None:
+            extra["last_hang_restart"] = dict(self.last_hang_restart)
+        return extra
+
     def status(self, now: float | None = None) -> HealthStatus:
-        """The verdict: the phase's, or while running the agent's and the slowest rank's."""
-        phase, callback, timeout = self.phase, self.callback, self.timeout
+        """The verdict: the phase's, or while running the ranks' (see _groupverdict)."""
+        phase, callback, timeout, group = self.phase, self.callback, self.timeout, self.group
         if now is None:
             now = time.time()
-        if phase != "running":
-            # Starting, rendezvous, restarting, exit barrier: the agent itself is at work.
-            return evaluate(now, timeout, now).with_detail({"phase": phase})
-        try:
+        agent_last: float | None = None
+        if phase == "running" and callback is not None:
             # No callback: the agent did not ask for a server (no TORCHELASTIC_HEALTH_CHECK_PORT
             # in its environment); the ranks still count.
-            agent_last = callback() if callback is not None else now
-        except Exception as exc:
-            status = HealthStatus.unknown(timeout, f"agent callback raised {type(exc).__name__}")
-            return status.with_detail({"phase": phase})
-        status = evaluate(agent_last, timeout, now)
-        if status.verdict is Verdict.UNKNOWN or status.last_progress is None:
-            return status.with_detail({"phase": phase})
-        ranks = self.ranks()
-        detail: dict[str, object] = {
-            "phase": phase,
-            "ranks": {rank: round(max(0.0, now - mtime), 3) for rank, mtime in ranks.items()},
-        }
-        if ranks:
-            slowest = min(ranks, key=ranks.__getitem__)
-            detail["slowest_rank"] = slowest
-            if ranks[slowest] < status.last_progress:
-                status = evaluate(ranks[slowest], timeout, now)
-        return status.with_detail(detail)
+            try:
+                value = callback()
+            except Exception as exc:
+                status = HealthStatus.unknown(
+                    timeout, f"agent callback raised {type(exc).__name__}"
+                )
+                return status.with_detail({"phase": phase, **self.extra()})
+            checked = evaluate(value, timeout, now)
+            if checked.verdict is Verdict.UNKNOWN or checked.last_progress is None:
+                return checked.with_detail({"phase": phase, **self.extra()})
+            agent_last = checked.last_progress
+        return group_status(
+            phase=phase,
+            now=now,
+            timeout=timeout,
+            startup_timeout=self.startup_timeout,
+            group_start=group.start if group is not None else None,
+            ranks=self.snapshots() if phase == "running" else {},
+            exited=self.exited() if phase == "running" else frozenset(),
+            agent_last=agent_last,
+            extra=self.extra(),
+        )
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether a worker process has ended (a zombie counts: torch has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) S ...": the state follows the last parenthesis.
+            return stat.read().rsplit(b")", 1)[1][1:2] in (b"Z", b"X")
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class _AgentHandle(HealthCheckServer):
@@ -183,15 +291,26 @@ class Integration:
         port: int | None,
         timeout: float | None,
         options: Mapping[str, object],
+        *,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        bootstrap: bool = True,
+        on_hang: str = "report",
     ) -> None:
         self._kind = kind
         self._port = port
         self._options = dict(options)
-        self._state = _AgentState(tempfile.mkdtemp(prefix="elastic-healthcheck-ranks-"), timeout)
+        self._bootstrap = bootstrap
+        self._on_hang = on_hang
+        self._state = _AgentState(
+            tempfile.mkdtemp(prefix="elastic-healthcheck-ranks-"), timeout, startup_timeout
+        )
         self._server: HealthCheckServer | None = None
         self._handle: _AgentHandle | None = None
         self._patches: list[tuple[object, str, object]] = []
         self._environ: dict[str, str | None] = {}
+        self._watch = _HangWatch(self._state)
+        # Exceptions a health check must never swallow (torch's SignalException).
+        self._passthrough: tuple[type[BaseException], ...] = ()
 
     @property
     def server(self) -> HealthCheckServer | None:
@@ -205,12 +324,18 @@ class Integration:
 
     @property
     def rank_dir(self) -> str:
-        """The directory where local ranks' heartbeat files live."""
+        """The directory where local ranks' progress records live."""
         return self._state.rank_dir
 
     def health_status(self) -> HealthStatus:
         """The verdict the server would give now."""
         return self._state.status()
+
+    def debug_text(self, name: str) -> str | None:
+        """``/debug/ranks``: each rank's state and its latest captured stacks."""
+        if name != "ranks":
+            return None
+        return self._watch.report(self._state.status())
 
     def uninstall(self) -> None:
         """Restore torch, stop the server, remove the rank directory. Idempotent."""
@@ -271,6 +396,7 @@ class Integration:
         # Every kind built on the engine asks health_status() for its verdict; give it
         # the agent's. (Other kinds see the combined time through the callback.)
         server.health_status = state.status  # type: ignore[method-assign]
+        server.debug_text = self.debug_text  # type: ignore[attr-defined]
         try:
             server.start()
         except (OSError, OverflowError, ValueError) as exc:
@@ -303,6 +429,88 @@ class Integration:
             log.debug("Elastic agent phase: %s -> %s", self._state.phase, phase)
             self._state.phase = phase
 
+    def _spawn(self, original: Callable[..., object], kwargs: dict[str, object]) -> object:
+        """torch's start_processes, with each rank's record made and its bootstrap in."""
+        state = self._state
+        envs = kwargs.get("envs")
+        args = kwargs.get("args")
+        entrypoint = kwargs.get("entrypoint")
+        if not isinstance(envs, dict) or not isinstance(args, dict):
+            return original(**kwargs)
+        state.clear_ranks()
+        now = time.time()
+        local_ranks = tuple(str(rank) for rank in sorted(envs))
+        envs = {rank: dict(env) for rank, env in envs.items()}
+        args = dict(args)
+        bootstrap = self._bootstrap and isinstance(entrypoint, str) and _is_python(entrypoint)
+        for rank in sorted(envs):
+            try:
+                create_record(record_path(state.rank_dir, rank), now)
+            except OSError as exc:
+                log.warning("Cannot create the progress record of local rank %s: %s", rank, exc)
+            envs[rank].update(
+                {
+                    ENV_DIR: state.rank_dir,
+                    ENV_LOCAL_RANK: str(rank),
+                    ENV_STACK_SIGNAL: str(STACK_SIGNAL),
+                }
+            )
+            if bootstrap:
+                args[rank] = _bootstrap_args(tuple(args[rank]))
+        state.group = _Group(now, local_ranks)
+        self._watch.new_group()
+        kwargs = {**kwargs, "envs": envs, "args": args}
+        return original(**kwargs)
+
+    def _started(self, agent: object, worker_group: object, pids: object) -> None:
+        """After the agent started a worker group: note its pids, run id and restarts."""
+        state = self._state
+        group = state.group
+        if group is not None and isinstance(pids, Mapping):
+            state.group = _Group(
+                group.start, group.local_ranks, {str(r): int(p) for r, p in pids.items()}
+            )
+        try:
+            spec = getattr(worker_group, "spec", None)
+            run_id = spec.rdzv_handler.get_run_id()  # type: ignore[union-attr]
+            state.run_id = str(run_id)
+        except Exception:  # an agent without a rendezvous handler; no run id then
+            pass
+        self._starts = getattr(self, "_starts", 0) + 1
+        state.restarts = self._starts - 1
+
+    def _monitor(self, agent: object) -> None:
+        """On the agent's monitor tick: see a hang, capture its stacks, act on it."""
+        if self._state.phase != "running":
+            return
+        status = self._state.status()
+        if not self._watch.observe(status):
+            return
+        if self._on_hang == "restart":
+            self._end_hung_group(agent, status)
+
+    def _end_hung_group(self, agent: object, status: HealthStatus) -> None:
+        detail = status.detail or {}
+        group = self._state.group
+        if group is None or not group.pids:
+            return
+        remaining = getattr(agent, "_remaining_restarts", None)
+        suspects = detail.get("suspect_ranks") or []
+        log.warning(
+            "Ending the hung worker group (%s; no progress for %.1f s) so that torchrun %s",
+            detail.get("summary", "stalled"),
+            status.age or 0.0,
+            "restarts it" if remaining else "ends the job: no restarts are left",
+        )
+        self._state.hang_restarts += 1
+        self._state.last_hang_restart = {
+            "at": round(time.time(), 3),
+            "suspect_ranks": list(suspects) if isinstance(suspects, list) else [],
+            "stalled_for": status.age,
+            "summary": detail.get("summary"),
+        }
+        _end_processes(list(group.pids.values()), HANG_GRACE)
+
     def _patch(self) -> None:
         try:
             from torch.distributed.elastic.agent.server import api, local_elastic_agent
@@ -314,14 +522,39 @@ class Integration:
         ) -> HealthCheckServer:
             return _AgentHandle(alive_callback, port, timeout)
 
+        try:
+            from torch.distributed.elastic.multiprocessing.api import SignalException
+        except ImportError:
+            _missing("torch.distributed.elastic.multiprocessing.api.SignalException")
+        else:
+            self._passthrough = (SignalException,)
+        integration = self
         self._replace(local_elastic_agent, "create_healthcheck_server", factory)
+        spawn = getattr(local_elastic_agent, "start_processes", None)
+        if callable(spawn):
+
+            def start_processes(**kwargs: object) -> object:
+                return integration._spawn(spawn, kwargs)
+
+            self._replace(local_elastic_agent, "start_processes", start_processes)
+        else:
+            _missing("torch.distributed.elastic.agent.server.local_elastic_agent.start_processes")
         simple = api.SimpleElasticAgent
         local = local_elastic_agent.LocalElasticAgent
         self._wrap(simple, "run", before="starting", after="stopped")
         self._wrap(simple, "_rendezvous", before="rendezvous")
-        self._wrap(local, "_start_workers", before=None, after="running", clear=True)
+        self._wrap(local, "_start_workers", before=None, after="running", then=self._started)
         self._wrap(local, "_stop_workers", before="restarting")
         self._wrap(simple, "_exit_barrier", before="exit_barrier")
+        self._wrap(local, "_monitor_workers", before=None, then=self._monitored)
+
+    def _monitored(self, agent: object, worker_group: object, result: object) -> None:
+        try:
+            self._monitor(agent)
+        except Exception as exc:  # never let health checking break the agent's loop...
+            if isinstance(exc, self._passthrough):
+                raise  # ...but torch's SIGTERM (SignalException) must end it as it would
+            log.warning("Cannot check the worker group for a hang", exc_info=True)
 
     def _replace(self, owner: object, name: str, value: object) -> None:
         self._patches.append((owner, name, getattr(owner, name)))
@@ -333,24 +566,25 @@ class Integration:
         name: str,
         before: str | None,
         after: str | None = None,
-        clear: bool = False,
+        then: Callable[[object, object, object], None] | None = None,
     ) -> None:
         original = cls.__dict__.get(name)
         if original is None or not callable(original):
-            log.debug("torch has no %s.%s here; that phase is not tracked", cls.__name__, name)
+            _missing(f"{cls.__module__}.{cls.__name__}.{name}")
             return
         integration = self
 
         def wrapper(agent: object, *args: object, **kwargs: object) -> object:
-            if clear:
-                integration._state.clear_ranks()
             if before is not None:
                 integration._set_phase(before)
             try:
-                return original(agent, *args, **kwargs)
+                result = original(agent, *args, **kwargs)
             finally:
                 if after is not None:
                     integration._set_phase(after)
+            if then is not None:
+                then(agent, args[0] if args else kwargs.get("worker_group"), result)
+            return result
 
         wrapper.__name__ = name
         wrapper.__qualname__ = f"{cls.__name__}.{name}"
@@ -362,11 +596,148 @@ class Integration:
         os.environ[name] = value
 
 
+def _missing(name: str) -> None:
+    log.warning(
+        "This torch has no %s; the elastic-healthcheck integration cannot use it "
+        "(proven torch versions: %s)",
+        name,
+        ", ".join(PROVEN_TORCH),
+    )
+
+
+def _is_python(entrypoint: str) -> bool:
+    """Whether torchrun runs workers with this Python (not --no-python, not --run-path)."""
+    return entrypoint in (sys.executable, os.environ.get("PYTHON_EXEC")) or os.path.basename(
+        entrypoint
+    ).startswith("python")
+
+
+def _bootstrap_args(args: tuple[object, ...]) -> tuple[object, ...]:
+    """``-u script.py a`` -> ``-u -m elastic_healthcheck._bootstrap script.py a`` (and ``-m``)."""
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if not isinstance(arg, str) or arg in ("-c", "-"):
+            return args  # a command string or stdin: nothing to wrap
+        if arg == "-m" or not arg.startswith("-"):
+            break
+        index += 1
+    else:
+        return args
+    return (*args[:index], "-m", BOOTSTRAP_MODULE, *args[index:])
+
+
+def _end_processes(pids: list[int], grace: float) -> None:
+    """SIGTERM now, SIGKILL after ``grace`` seconds to those still there (in a thread)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+    def finish() -> None:
+        deadline = time.monotonic() + grace
+        left = list(pids)
+        while left and time.monotonic() < deadline:
+            left = [pid for pid in left if not _process_gone(pid)]
+            time.sleep(0.05)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    threading.Thread(target=finish, name="elastic-healthcheck-end-group", daemon=True).start()
+
+
+class _HangWatch:
+    """Sees the verdict turn dead while running, once per hang; captures and logs stacks."""
+
+    def __init__(self, state: _AgentState) -> None:
+        self._state = state
+        self._dead = False
+        self._stacks: dict[str, str] = {}
+        self._captured_at: float | None = None
+
+    def new_group(self) -> None:
+        self._dead = False
+
+    def observe(self, status: HealthStatus) -> bool:
+        """True once when the running verdict turns dead (stacks captured and logged)."""
+        dead = status.verdict is Verdict.DEAD
+        turned = dead and not self._dead
+        self._dead = dead
+        if turned:
+            self._capture(status)
+        return turned
+
+    def _capture(self, status: HealthStatus) -> None:
+        detail = status.detail or {}
+        ranks = detail.get("ranks")
+        if not isinstance(ranks, Mapping):
+            return
+        deadline = time.monotonic() + STACK_DEADLINE
+        stacks: dict[str, str] = {}
+        for rank, info in ranks.items():
+            if not isinstance(info, Mapping) or info.get("state") not in ("stalled", "starting"):
+                continue
+            snapshot = read_record(record_path(self._state.rank_dir, rank))
+            if (
+                snapshot is None
+                or not snapshot.flags & FLAG_STACKS  # no handler: the signal would kill it
+                or snapshot.exited
+                or not snapshot.pid
+            ):
+                stacks[rank] = "(no stack: the worker did not start through the bootstrap)\n"
+                continue
+            text = capture_stack(snapshot.pid, stack_path(self._state.rank_dir, rank), deadline)
+            stacks[rank] = text if text else "(no stack: the worker did not answer in time)\n"
+        self._stacks, self._captured_at = stacks, time.time()
+        for rank, text in stacks.items():
+            info = ranks[rank]
+            assert isinstance(info, Mapping)
+            log.warning(
+                "Local rank %s (rank %s, pid %s) is %s: no progress for %.1f s%s; %s. "
+                "Its Python stacks:\n%s",
+                rank,
+                info.get("rank"),
+                info.get("pid"),
+                info.get("state"),
+                info.get("age") or 0.0,
+                f", inside {info['in_collective']}" if info.get("in_collective") else "",
+                detail.get("summary", ""),
+                text.rstrip("\n"),
+            )
+
+    def report(self, status: HealthStatus) -> str:
+        """Plain text: the verdict's summary, each rank's line, the latest stacks."""
+        detail = status.detail or {}
+        lines = [f"verdict: {status.verdict.value}", f"phase: {detail.get('phase')}"]
+        if "summary" in detail:
+            lines.append(f"summary: {detail['summary']}")
+        ranks = detail.get("ranks")
+        if isinstance(ranks, Mapping):
+            for rank, info in ranks.items():
+                lines.append(f"local rank {rank}: {json.dumps(info, sort_keys=True)}")
+        if self._captured_at is None:
+            lines.append("stacks: none captured yet (they are taken when the verdict turns dead)")
+        else:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._captured_at))
+            lines.append(f"stacks captured at {stamp}:")
+            for rank, text in self._stacks.items():
+                lines.append(f"--- local rank {rank} ---")
+                lines.append(text.rstrip("\n"))
+        return "\n".join(lines) + "\n"
+
+
 def install(
     *,
     kind: str | None = None,
     port: int | None = None,
     timeout: float | None = None,
+    startup_timeout: float | None = None,
+    bootstrap: bool | None = None,
+    on_hang: str | None = None,
     **options: object,
 ) -> Integration:
     """Make torch's elastic agents in this process serve real health checks.
@@ -379,6 +750,15 @@ def install(
             server starts when the agent first asks for one (and only if it does).
         timeout: Seconds without progress before dead; default:
             ``ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT``, else the 60 s torch passes.
+        startup_timeout: Seconds from a worker group's spawn during which ranks that have
+            made no progress yet count as starting (answer 200); default:
+            ``ELASTIC_HEALTHCHECK_TORCHRUN_STARTUP_TIMEOUT``, else 1800.
+        bootstrap: Start workers through the bootstrap that counts optimizer steps and
+            notes collectives (no change to the script needed); default:
+            ``ELASTIC_HEALTHCHECK_TORCHRUN_BOOTSTRAP`` (``0`` turns it off), else on.
+        on_hang: ``report`` (answer 503, log the stacks) or ``restart`` (also end the
+            hung worker group so that torchrun restarts it); default:
+            ``ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG``, else ``report``.
         options: Server options (``host``, ``callback_timeout``, ...), as for the kind;
             ``ELASTIC_HEALTHCHECK_<OPTION>`` variables apply too.
 
@@ -388,24 +768,44 @@ def install(
     Raises:
         ImportError: torch is not installed (the message names the extra to install).
         RuntimeError: An integration is installed already.
-        ValueError: ``port`` or ``timeout`` (or their variables) are malformed.
+        ValueError: An argument (or its variable) is malformed.
     """
     global _installed
     if timeout is None and os.environ.get(ENV_TIMEOUT, "").strip():
         timeout = _number(ENV_TIMEOUT, os.environ[ENV_TIMEOUT])
     if port is None and os.environ.get(ENV_PORT, "").strip():
         port = int(_number(ENV_PORT, os.environ[ENV_PORT], integer=True))
+    if startup_timeout is None:
+        text = os.environ.get(ENV_STARTUP_TIMEOUT, "").strip()
+        startup_timeout = _number(ENV_STARTUP_TIMEOUT, text) if text else DEFAULT_STARTUP_TIMEOUT
+    if bootstrap is None:
+        text = os.environ.get(ENV_BOOTSTRAP, "").strip().lower()
+        if text not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
+            raise ValueError(f"{ENV_BOOTSTRAP}={text!r} is not 0 or 1")
+        bootstrap = text not in ("0", "false", "no", "off")
+    if on_hang is None:
+        on_hang = os.environ.get(ENV_ON_HANG, "").strip() or "report"
+        if on_hang not in ON_HANG:
+            raise ValueError(f"{ENV_ON_HANG}={on_hang!r} is not one of {', '.join(ON_HANG)}")
+    if on_hang not in ON_HANG:
+        raise ValueError(f"on_hang={on_hang!r} is not one of {', '.join(ON_HANG)}")
+    for name, value in (("timeout", timeout), ("startup_timeout", startup_timeout)):
+        if value is not None and not (0 <= value < float("inf")):
+            raise ValueError(f"{name}={value!r} must be a finite number of seconds >= 0")
     with _lock:
         if _installed is not None:
             raise RuntimeError("the elastic-healthcheck torch integration is installed already")
-        integration = Integration(kind, port, timeout, options)
+        integration = Integration(
+            kind,
+            port,
+            timeout,
+            options,
+            startup_timeout=startup_timeout,
+            bootstrap=bootstrap,
+            on_hang=on_hang,
+        )
         _installed = integration
     try:
-        state = integration._state
-        integration._export(ENV_DIR, state.rank_dir)
-        # Beat at least four times per timeout, and at most once a second.
-        interval = min(1.0, state.timeout / 4) if state.timeout > 0 else 0.0
-        integration._export(ENV_INTERVAL, repr(interval))
         if port is not None:
             # Listen before importing torch (1-3 s): probes answer "starting" meanwhile.
             integration._open(port)

@@ -1,6 +1,9 @@
 """Worker-side progress for a training script run by ``elastic-healthcheck torchrun``.
 
-Call :func:`beat` once per training step::
+Under the integration most scripts need nothing from this module: workers start through a
+small bootstrap that counts every ``torch.optim`` optimizer step as progress. A loop
+without an optimizer (evaluation, data preparation, a custom update) calls :func:`beat`
+once per step instead::
 
     from elastic_healthcheck.worker import beat
 
@@ -8,91 +11,152 @@ Call :func:`beat` once per training step::
         train_step(batch)
         beat()
 
-Under the integration, each local rank's ``beat()`` touches its own heartbeat file in a
-directory the agent created (``ELASTIC_HEALTHCHECK_WORKER_DIR``), at most once per
-interval (``ELASTIC_HEALTHCHECK_WORKER_INTERVAL``, default 1 s), and the agent's health
-server follows the slowest rank. Anywhere else (plain ``torchrun``, ``python train.py``,
-a test) it does nothing. It never raises into the training loop, needs no torch, and
-costs about 0.1 us between touches.
+``beat()`` counts one progress event in this local rank's record, a small shared file the
+agent created in its directory (``ELASTIC_HEALTHCHECK_WORKER_DIR``) for the rank named by
+``ELASTIC_HEALTHCHECK_LOCAL_RANK``. It shares the record with the bootstrap when that is
+in; otherwise (``--no-python`` launches, the bootstrap switched off) it opens the record on
+its first call and marks the rank's start itself. Anywhere else (plain ``torchrun``,
+``python train.py``, a test) it does nothing. It never raises into the training loop,
+needs no torch, and costs about 0.05 us outside the integration (0.2 us inside).
 
-When the worker exits normally its file is removed, so a rank that has finished is never
-taken for a hung one. A process forked from a worker (a DataLoader worker, say) does not
-beat for it: only the process that owns the rank can say that the rank made progress.
+Only the process that started the rank writes its record. A process forked from a worker
+(a DataLoader worker, say) never beats for it, and neither does a child started with the
+same environment (a ``spawn`` DataLoader worker, a subprocess): the record names its owner's
+pid. When the worker's script ends without an uncaught exception, the rank is marked as
+exited, so a rank that has finished is never taken for a hung one.
+
+``ENV_INTERVAL`` (``ELASTIC_HEALTHCHECK_WORKER_INTERVAL``) is no longer read: every call
+writes the record, which costs no system call. The name is kept for code that imports it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+
+from ._rankrecord import ENV_DIR, ENV_LOCAL_RANK, record_path
 
 __all__ = ["ENV_DIR", "ENV_INTERVAL", "beat", "heartbeat_path"]
 
-ENV_DIR = "ELASTIC_HEALTHCHECK_WORKER_DIR"
-ENV_INTERVAL = "ELASTIC_HEALTHCHECK_WORKER_INTERVAL"
-DEFAULT_INTERVAL = 1.0
+ENV_INTERVAL = "ELASTIC_HEALTHCHECK_WORKER_INTERVAL"  # no longer read; kept for importers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._progress import HeartbeatFile
+    from collections.abc import Callable
 
-# None: not set up yet; False: not under the integration (beat() does nothing).
-_heartbeat: HeartbeatFile | bool | None = None
+    from ._rankrecord import RankRecord
+
+
+def _nothing() -> None:
+    pass
+
+
+# What beat() calls: None until the first call decides, then a record's progress() or
+# _nothing.
+_progress: Callable[[], None] | None = None
+_record: RankRecord | None = None
 
 
 def heartbeat_path(directory: str, local_rank: str | int) -> str:
-    """The heartbeat file of one local rank in the agent's directory."""
-    return os.path.join(directory, f"rank-{local_rank}")
+    """The record file of one local rank in the agent's directory."""
+    return record_path(directory, local_rank)
 
 
 def beat() -> None:
     """Record that this rank made progress (a no-op outside the integration)."""
-    heartbeat = _heartbeat
-    if heartbeat is None:
-        heartbeat = _set_up()
-    if heartbeat is not False:
-        heartbeat.beat()  # type: ignore[union-attr]
+    progress = _progress
+    if progress is None:
+        progress = _set_up()
+    try:
+        progress()
+    except Exception:  # the mapping is gone (interpreter shutdown): stop reporting
+        _stop()
 
 
-def _set_up() -> HeartbeatFile | bool:
-    global _heartbeat
+def _adopt(record: RankRecord) -> None:
+    """Share the bootstrap's record: beat() then counts into it."""
+    global _progress, _record
+    _record = record
+    _progress = record.progress
+
+
+def _set_up() -> Callable[[], None]:
+    global _progress, _record
+    _progress = _nothing
     directory = os.environ.get(ENV_DIR)
-    local_rank = os.environ.get("LOCAL_RANK")
-    if not directory or local_rank is None or not local_rank.isdigit():
-        _heartbeat = False
-        return False
-    import atexit
+    local_rank = os.environ.get(ENV_LOCAL_RANK)
+    if not directory or local_rank is None or _in_child_process():
+        return _nothing
+    from ._rankrecord import RankRecord
 
-    from ._progress import HeartbeatFile
+    path = record_path(directory, local_rank)
+    try:
+        record = RankRecord(path)
+    except (OSError, ValueError) as exc:
+        _warn(__name__, "Cannot report progress for local rank %s: %s", local_rank, exc)
+        return _nothing
+    owner = record.owner
+    if owner == 0:
+        record.start(os.getpid(), _global_rank())
+        import atexit
+
+        atexit.register(_mark_exited, record)
+    elif owner != os.getpid():
+        record.close()  # another process owns this rank
+        return _nothing
+    _record = record
+    _progress = record.progress
+    return record.progress
+
+
+def _warn(logger: str, message: str, *args: object) -> None:
+    """Log a WARNING that never raises (health reporting never stops training)."""
+    import logging
+
     from .logging import get_logger
 
     try:
-        interval = float(os.environ.get(ENV_INTERVAL, DEFAULT_INTERVAL))
-        heartbeat: HeartbeatFile | bool = HeartbeatFile(
-            heartbeat_path(directory, local_rank), interval, remove_on_close=True
-        )
-    except (OSError, ValueError, TypeError) as exc:
-        get_logger(__name__).warning(
-            "Cannot report progress for local rank %s in %s: %s", local_rank, directory, exc
-        )
-        heartbeat = False
-    else:
-        atexit.register(_close)
-    _heartbeat = heartbeat
-    return heartbeat
+        log = get_logger(logger)
+    except ValueError:  # LOGLEVEL is not a level: say it anyway
+        log = logging.getLogger(logger)
+    log.warning(message, *args)
 
 
-def _close() -> None:
-    global _heartbeat
-    heartbeat, _heartbeat = _heartbeat, False
-    if heartbeat is not None and heartbeat is not False and heartbeat is not True:
+def _in_child_process() -> bool:
+    """A multiprocessing child (a DataLoader worker) of the process that owns the rank."""
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None:
+        return False
+    try:
+        return multiprocessing.parent_process() is not None
+    except Exception:
+        return False
+
+
+def _global_rank() -> int | None:
+    rank = os.environ.get("RANK", "")
+    return int(rank) if rank.isdigit() else None
+
+
+def _mark_exited(record: RankRecord) -> None:
+    # An uncaught exception leaves sys.last_value set before atexit runs: that rank did not
+    # finish, and its exit code tells the agent so.
+    if getattr(sys, "last_value", None) is None and _record is record:
         try:
-            heartbeat.close()
-        except OSError:
+            record.exited()
+        except Exception:
             pass
 
 
+def _stop() -> None:
+    global _progress
+    _progress = _nothing
+
+
 def _forget_in_child() -> None:
-    global _heartbeat
-    _heartbeat = False
+    global _progress, _record
+    _progress = _nothing
+    _record = None
 
 
 if hasattr(os, "register_at_fork"):

@@ -12,6 +12,7 @@ import pytest
 from torch.distributed.elastic.agent.server import api, local_elastic_agent
 
 from elastic_healthcheck import HealthCheckServer, torchelastic
+from elastic_healthcheck._rankrecord import RankRecord, record_path
 
 from ..servers.client import request
 
@@ -49,7 +50,11 @@ def test_listens_at_install_and_answers_starting(integration):
     assert server is not None and server.is_running
     response = request(server.port)
     assert response.status == 200
-    assert json.loads(response.body)["detail"] == {"phase": "starting"}
+    assert json.loads(response.body)["detail"] == {
+        "phase": "starting",
+        "restarts": 0,
+        "hang_restarts": 0,
+    }
 
 
 def test_the_agent_factory_returns_a_view_of_the_one_server(integration):
@@ -73,28 +78,31 @@ def test_running_follows_the_agent_callback(integration):
     integration._set_phase("running")
     status = integration.health_status()
     assert status.verdict == "dead"
-    assert status.detail == {"phase": "running", "ranks": {}}
+    assert status.detail["phase"] == "running"
+    assert "callback" in status.detail["summary"]
     handle.stop()
     assert integration.health_status().alive  # detached: the agent is between groups
 
 
-def test_slowest_rank_decides_once_ranks_beat(integration, tmp_path):
-    handle = local_elastic_agent.create_healthcheck_server(
-        alive_callback=lambda: int(time.time()), port=integration.server.port, timeout=60
-    )
-    handle.start()
-    integration._set_phase("running")
+def test_every_rank_of_the_group_is_judged_from_its_record(integration):
+    """Ranks spawned by the (patched) start_processes count from their spawn, beat or not."""
     now = time.time()
-    for rank, age in [("0", 1.0), ("1", 9.0)]:
-        path = f"{integration.rank_dir}/rank-{rank}"
-        open(path, "w").close()
-
-        os.utime(path, (now - age, now - age))
-    status = integration._state.status(now=now)
-    assert status.verdict == "dead"  # timeout=5, rank 1 is 9 s behind
-    assert status.detail["slowest_rank"] == "1"
-    assert status.detail["ranks"] == {"0": 1.0, "1": 9.0}
-    handle.stop()
+    integration._spawn(
+        lambda **kwargs: kwargs,  # what torch's start_processes gets, without processes
+        {"envs": {0: {}, 1: {}, 2: {}}, "args": {0: (), 1: (), 2: ()}, "entrypoint": "/bin/true"},
+    )
+    integration._set_phase("running")
+    for rank in ("0", "1"):
+        record = RankRecord(record_path(integration.rank_dir, rank))
+        record.progress()
+        record.close()
+    status = integration._state.status(now=time.time() + 8.0)  # timeout=5: 0 and 1 stalled
+    assert set(status.detail["ranks"]) == {"0", "1", "2"}
+    assert [status.detail["ranks"][r]["state"] for r in "012"] == ["stalled"] * 2 + ["starting"]
+    assert status.verdict == "alive"  # rank 2 is still within the startup timeout
+    status = integration._state.status(now=now + torchelastic.DEFAULT_STARTUP_TIMEOUT + 1)
+    assert status.verdict == "dead"
+    assert status.detail["suspect_ranks"] == ["2"]
 
 
 def test_uninstall_frees_the_port_and_removes_the_rank_dir():

@@ -3,104 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from ..servers.client import request
-
-SCRIPT = Path(__file__).with_name("scripts") / "train.py"
-PROBE_INTERVAL = 0.05
-
-
-@dataclass
-class Observation:
-    at: float
-    status: int | None  # None: no answer (refused, or cut off)
-    body: dict = field(default_factory=dict)
-
-
-class Launch:
-    """`python -m elastic_healthcheck torchrun ...` in a subprocess, probed every 50 ms."""
-
-    def __init__(self, *torchrun_args: str, port: int = 0, timeout: float = 1.5, **env: str):
-        environment = {**os.environ, "TRAIN_SECONDS": "3", **env}
-        environment.pop("TORCHELASTIC_HEALTH_CHECK_PORT", None)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "elastic_healthcheck",
-                "torchrun",
-                "--health-port",
-                str(port),
-                "--health-host",
-                "127.0.0.1",
-                "--health-timeout",
-                str(timeout),
-                "--nproc-per-node",
-                "2",
-                "--standalone",
-                "--monitor-interval",
-                "0.1",
-                *torchrun_args,
-                str(SCRIPT),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=environment,
-        )
-        assert self.process.stderr is not None
-        self.first_line = self.process.stderr.readline()
-        self.port: int | None = None
-        if "health checks for the elastic agent on http://" in self.first_line:
-            self.port = int(self.first_line.rsplit(":", 1)[1].split("/", 1)[0])
-        self.observations: list[Observation] = []
-        self._prober: threading.Thread | None = None
-
-    def probe_until_exit(self) -> None:
-        def loop() -> None:
-            while self.process.poll() is None:
-                try:
-                    response = request(self.port, timeout=2)
-                except OSError:  # refused, or cut off by the listener closing at exit
-                    self.observations.append(Observation(time.monotonic(), None))
-                else:
-                    self.observations.append(
-                        Observation(time.monotonic(), response.status, json.loads(response.body))
-                    )
-                time.sleep(PROBE_INTERVAL)
-
-        self._prober = threading.Thread(target=loop)
-        self._prober.start()
-
-    def wait(self, timeout: float = 120) -> tuple[int, str, str]:
-        try:
-            out, err = self.process.communicate(timeout=timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.communicate()
-            if self._prober is not None:
-                self._prober.join(10)
-        return self.process.returncode, out, self.first_line + err
-
-    def phases(self) -> list[str]:
-        seen: list[str] = []
-        for o in self.observations:
-            phase = o.body.get("detail", {}).get("phase")
-            if phase and (not seen or seen[-1] != phase):
-                seen.append(phase)
-        return seen
+from .launch import PROBE_INTERVAL, Launch
 
 
 def test_200_while_ranks_beat_then_503_naming_the_stuck_rank():
@@ -116,7 +28,9 @@ def test_200_while_ranks_beat_then_503_naming_the_stuck_rank():
     assert stuck, [o.body for o in running]
     assert all(o.body["status"] == "dead" for o in stuck)
     assert {o.body["detail"]["slowest_rank"] for o in stuck} == {"1"}
-    assert all(o.body["detail"]["ranks"]["1"] > 1.5 for o in stuck)
+    assert all(o.body["detail"]["suspect_ranks"] == ["1"] for o in stuck)
+    assert all(o.body["detail"]["ranks"]["1"]["age"] > 1.5 for o in stuck)
+    assert all(o.body["detail"]["ranks"]["1"]["state"] == "stalled" for o in stuck)
 
 
 def test_no_refused_probe_from_first_listen_to_exit_across_a_restart():

@@ -171,6 +171,28 @@ def test_blank_server_variable_means_the_default(monkeypatch):
     assert type(create_healthcheck_server(alive, 0, 60)) is HealthCheckServer
 
 
+@pytest.mark.parametrize("kind", [None, "http", "tcp"])
+def test_blank_option_variable_is_unset_for_every_kind(monkeypatch, kind):
+    """Even for noop, which takes no options: a blank variable is not a typo to report."""
+    monkeypatch.setenv("ELASTIC_HEALTHCHECK_HOST", "")
+    monkeypatch.setenv("ELASTIC_HEALTHCHECK_HSOT", "  ")
+    server = create_healthcheck_server(alive, 0, 60, kind=kind)
+    assert isinstance(server, HealthCheckServer)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"max_connections": 0}, id="value-error"),
+        pytest.param({"callback_timeout": "soon"}, id="type-error"),
+        pytest.param({"client_timeout": -1.0}, id="negative"),
+    ],
+)
+def test_keyword_option_the_server_rejects_is_a_configuration_error(options):
+    with pytest.raises(ConfigurationError, match="health check server kind 'http' rejected its"):
+        create_healthcheck_server(alive, 0, 60, kind="http", **options)
+
+
 def test_import_loads_no_server_and_no_introspection():
     assert not modules_after("import elastic_healthcheck") & HEAVY
 

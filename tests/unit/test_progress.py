@@ -175,6 +175,17 @@ def test_construction_raises_naming_the_path_when_the_directory_is_missing(tmp_p
     with pytest.raises(FileNotFoundError) as info:
         HeartbeatFile(path)
     assert info.value.filename == str(path)
+    assert f"no directory {tmp_path / 'missing-dir'}" in str(info.value)
+    assert info.value.__suppress_context__  # one error in a traceback, not a chain of two
+
+
+def test_a_directory_is_never_a_heartbeat_file(tmp_path):
+    """utime() on a directory succeeds, and its mtime says nothing about training."""
+    with pytest.raises(IsADirectoryError):
+        HeartbeatFile(tmp_path)
+    status = check_liveness(HeartbeatFileReader(tmp_path), timeout=60)
+    assert status.verdict is Verdict.UNKNOWN
+    assert status.reason == "callback raised IsADirectoryError"
 
 
 # (seconds since the last touch, whether beat() touches) with interval=10

@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elastic_healthcheck._prometheus import CONTENT_TYPE, PREFIX, _number, render_metrics
+from elastic_healthcheck._prometheus import (
+    AGENT_PHASES,
+    CONTENT_TYPE,
+    PREFIX,
+    _number,
+    render_metrics,
+)
 from elastic_healthcheck.status import HealthStatus, Verdict, evaluate
 
 NOW = 1_700_000_030.0
@@ -292,3 +298,209 @@ def test_number_is_an_exact_integer_or_repr(value):
         assert text == str(int(value))
     elif math.isfinite(value):
         assert text == repr(value)
+
+
+# -- the torch integration's detail ------------------------------------------------------
+
+RANK_DETAIL: dict[str, Any] = {
+    "phase": "running",
+    "run_id": "job-42",
+    "restarts": 1,
+    "hang_restarts": 0,
+    "ranks": {
+        "0": {
+            "state": "progressing",
+            "age": 0.42,
+            "rank": 8,
+            "steps": 120,
+            "collectives": 240,
+            "in_collective": "all_reduce",
+            "collective_age": 1.2,
+        },
+        "1": {
+            "state": "stalled",
+            "age": 70.5,
+            "rank": 9,
+            "steps": 119,
+            "collectives": 239,
+            "in_collective": None,
+            "collective_age": None,
+        },
+    },
+    "suspect_ranks": ["1"],
+}
+
+
+def _detail_samples(detail: dict[str, Any]) -> list[str]:
+    """The sample lines that come after the six families every verdict has."""
+    lines = _sample_lines(render_metrics(ALIVE.with_detail(detail), {}))
+    return [line for line in lines if not line.startswith(tuple(s for _, _, s in FAMILIES))]
+
+
+def test_full_detail_samples_exact():
+    assert _detail_samples(RANK_DETAIL) == [
+        'elastic_healthcheck_agent_phase{phase="starting"} 0',
+        'elastic_healthcheck_agent_phase{phase="rendezvous"} 0',
+        'elastic_healthcheck_agent_phase{phase="running"} 1',
+        'elastic_healthcheck_agent_phase{phase="restarting"} 0',
+        'elastic_healthcheck_agent_phase{phase="exit_barrier"} 0',
+        'elastic_healthcheck_agent_phase{phase="stopped"} 0',
+        'elastic_healthcheck_agent_info{run_id="job-42"} 1',
+        "elastic_healthcheck_worker_group_restarts_total 1",
+        "elastic_healthcheck_hang_restarts_total 0",
+        'elastic_healthcheck_rank_state{local_rank="0",state="starting"} 0',
+        'elastic_healthcheck_rank_state{local_rank="0",state="progressing"} 1',
+        'elastic_healthcheck_rank_state{local_rank="0",state="stalled"} 0',
+        'elastic_healthcheck_rank_state{local_rank="0",state="exited"} 0',
+        'elastic_healthcheck_rank_state{local_rank="1",state="starting"} 0',
+        'elastic_healthcheck_rank_state{local_rank="1",state="progressing"} 0',
+        'elastic_healthcheck_rank_state{local_rank="1",state="stalled"} 1',
+        'elastic_healthcheck_rank_state{local_rank="1",state="exited"} 0',
+        'elastic_healthcheck_rank_progress_age_seconds{local_rank="0"} 0.42',
+        'elastic_healthcheck_rank_progress_age_seconds{local_rank="1"} 70.5',
+        'elastic_healthcheck_rank_in_collective{local_rank="0"} 1',
+        'elastic_healthcheck_rank_in_collective{local_rank="1"} 0',
+        'elastic_healthcheck_rank_collectives_total{local_rank="0"} 240',
+        'elastic_healthcheck_rank_collectives_total{local_rank="1"} 239',
+        'elastic_healthcheck_rank_steps_total{local_rank="0"} 120',
+        'elastic_healthcheck_rank_steps_total{local_rank="1"} 119',
+        'elastic_healthcheck_rank_suspect{local_rank="0"} 0',
+        'elastic_healthcheck_rank_suspect{local_rank="1"} 1',
+        'elastic_healthcheck_rank_info{local_rank="0",rank="8"} 1',
+        'elastic_healthcheck_rank_info{local_rank="1",rank="9"} 1',
+    ]
+
+
+def test_older_detail_shape_gives_phase_and_ages_only():
+    """``ranks`` as ``{local_rank: age}`` (the shape before rank records) still renders."""
+    assert _detail_samples({"phase": "running", "ranks": {"0": 1.5, "1": 3}}) == [
+        'elastic_healthcheck_agent_phase{phase="starting"} 0',
+        'elastic_healthcheck_agent_phase{phase="rendezvous"} 0',
+        'elastic_healthcheck_agent_phase{phase="running"} 1',
+        'elastic_healthcheck_agent_phase{phase="restarting"} 0',
+        'elastic_healthcheck_agent_phase{phase="exit_barrier"} 0',
+        'elastic_healthcheck_agent_phase{phase="stopped"} 0',
+        'elastic_healthcheck_rank_progress_age_seconds{local_rank="0"} 1.5',
+        'elastic_healthcheck_rank_progress_age_seconds{local_rank="1"} 3',
+    ]
+
+
+@pytest.mark.parametrize("phase", AGENT_PHASES)
+def test_every_phase_has_a_sample_and_only_the_current_one_is_1(phase):
+    samples = _detail_samples({"phase": phase})
+    assert samples == [
+        f'elastic_healthcheck_agent_phase{{phase="{p}"}} {1 if p == phase else 0}'
+        for p in AGENT_PHASES
+    ]
+
+
+def test_a_phase_outside_the_canonical_tuple_is_added_after_them():
+    samples = _detail_samples({"phase": "paused"})
+    assert samples[-1] == 'elastic_healthcheck_agent_phase{phase="paused"} 1'
+    assert all(s.endswith(" 0") for s in samples[:-1])
+    assert len(samples) == len(AGENT_PHASES) + 1
+
+
+def test_no_detail_no_detail_families():
+    assert _detail_samples({}) == []
+
+
+def test_empty_suspect_list_gives_every_rank_0():
+    detail = {**RANK_DETAIL, "suspect_ranks": []}
+    suspects = [s for s in _detail_samples(detail) if "rank_suspect" in s]
+    assert suspects == [
+        'elastic_healthcheck_rank_suspect{local_rank="0"} 0',
+        'elastic_healthcheck_rank_suspect{local_rank="1"} 0',
+    ]
+
+
+def test_unknown_global_rank_has_no_info_sample():
+    ranks = {"0": {"state": "starting", "age": 2.0, "rank": None}}
+    samples = _detail_samples({"ranks": ranks})
+    assert not [s for s in samples if "rank_info" in s]
+    assert 'elastic_healthcheck_rank_progress_age_seconds{local_rank="0"} 2' in samples
+
+
+BAD_DETAILS = [
+    pytest.param({"phase": 3, "run_id": 7}, id="phase-and-run-id-not-strings"),
+    pytest.param({"restarts": -1, "hang_restarts": True}, id="counters-negative-or-bool"),
+    pytest.param({"restarts": 1.5, "hang_restarts": "2"}, id="counters-not-int"),
+    pytest.param({"ranks": []}, id="ranks-a-list"),
+    pytest.param({"ranks": {"0": None}}, id="age-none"),
+    pytest.param({"ranks": {"0": "old"}}, id="age-a-string"),
+    pytest.param({"ranks": {"0": {"state": 1, "age": True, "steps": -3}}}, id="record-wrong"),
+    pytest.param({"ranks": {"0": {"collectives": "many", "rank": "8"}}}, id="record-strings"),
+    pytest.param({"suspect_ranks": "1"}, id="suspects-a-string-without-ranks"),
+]
+
+
+@pytest.mark.parametrize("detail", BAD_DETAILS)
+def test_detail_of_the_wrong_type_is_left_out_not_a_traceback(detail):
+    assert _detail_samples(detail) == []
+
+
+def test_label_values_are_escaped():
+    detail = {"run_id": 'a"b\\c\nd', "ranks": {'x"\n': {"age": 1.0, "rank": 3}}}
+    text = render_metrics(ALIVE.with_detail(detail), {})
+    samples = _sample_lines(text)
+    assert 'elastic_healthcheck_agent_info{run_id="a\\"b\\\\c\\nd"} 1' in samples
+    assert 'elastic_healthcheck_rank_info{local_rank="x\\"\\n",rank="3"} 1' in samples
+    families = _parse(text)
+    (info,) = families["elastic_healthcheck_agent_info"].samples
+    assert info.labels == {"run_id": 'a"b\\c\nd'}
+
+
+# (family name as the parser reports it, type, label names) for the detail families.
+DETAIL_FAMILIES = [
+    ("elastic_healthcheck_agent_phase", "gauge", {"phase"}),
+    ("elastic_healthcheck_agent_info", "gauge", {"run_id"}),
+    ("elastic_healthcheck_worker_group_restarts", "counter", set()),
+    ("elastic_healthcheck_hang_restarts", "counter", set()),
+    ("elastic_healthcheck_rank_state", "gauge", {"local_rank", "state"}),
+    ("elastic_healthcheck_rank_progress_age_seconds", "gauge", {"local_rank"}),
+    ("elastic_healthcheck_rank_in_collective", "gauge", {"local_rank"}),
+    ("elastic_healthcheck_rank_collectives", "counter", {"local_rank"}),
+    ("elastic_healthcheck_rank_steps", "counter", {"local_rank"}),
+    ("elastic_healthcheck_rank_suspect", "gauge", {"local_rank"}),
+    ("elastic_healthcheck_rank_info", "gauge", {"local_rank", "rank"}),
+]
+
+
+def test_reference_parser_reads_every_detail_family_with_its_type_and_labels():
+    families = _parse(render_metrics(DEAD.with_detail(RANK_DETAIL), PROBES))
+    detail_families = list(families)[len(FAMILIES) :]
+    assert detail_families == [name for name, _, _ in DETAIL_FAMILIES]
+    for name, kind, labels in DETAIL_FAMILIES:
+        family = families[name]
+        assert family.type == kind
+        assert family.documentation
+        assert all(set(s.labels) == labels for s in family.samples), name
+
+
+def test_reference_parser_reads_rank_values():
+    families = _parse(render_metrics(ALIVE.with_detail(RANK_DETAIL), {}))
+
+    def value(family: str, **labels: str) -> float:
+        (sample,) = [s for s in families[family].samples if s.labels == labels]
+        return float(sample.value)
+
+    assert value("elastic_healthcheck_rank_collectives", local_rank="1") == 239
+    assert value("elastic_healthcheck_rank_progress_age_seconds", local_rank="0") == 0.42
+    assert value("elastic_healthcheck_rank_state", local_rank="1", state="stalled") == 1
+    assert value("elastic_healthcheck_worker_group_restarts") == 1
+
+
+def test_promtool_check_metrics_passes_on_full_detail(tmp_path):
+    """The metric names, types and help texts pass Prometheus's own linter."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    text = render_metrics(DEAD.with_detail(RANK_DETAIL), PROBES)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == b""

@@ -78,6 +78,14 @@ def test_just_beyond_the_skew_limit_is_unknown():
     assert status.verdict is UNKNOWN
 
 
+@pytest.mark.parametrize("ahead", [MAX_FUTURE_SKEW + 1, 3600.0, 86400.0 * 365])
+def test_a_time_ahead_but_not_a_unit_error_blames_the_clock(ahead):
+    """A clock that stepped back is likelier than milliseconds when the time is not ~1000x."""
+    status = evaluate(NOW + ahead, 60, NOW)
+    assert status.verdict is UNKNOWN
+    assert status.reason == f"last progress is {ahead:.3g}s ahead of the clock (a clock step?)"
+
+
 @pytest.mark.parametrize(
     ("timeout", "error"),
     [

@@ -150,15 +150,34 @@ class TestAgainstTorch:
         assert public(torch_module.HealthCheckServer) <= public(HealthCheckServer)
         assert additions == {"health_status"}
 
-    def test_same_log_records(self, torch_module, caplog):
+    def test_same_log_records(self, torch_module):
+        """Same levels and messages; captured on each logger itself, since torch may set
+        its loggers not to propagate once its logging is configured."""
+
+        class Collect(logging.Handler):
+            def __init__(self) -> None:
+                super().__init__(logging.DEBUG)
+                self.records: list[logging.LogRecord] = []
+
+            def emit(self, record: logging.LogRecord) -> None:
+                self.records.append(record)
+
+        captured = []
         for module in (torch_module, mirrored):
-            caplog.set_level(logging.DEBUG, logger=module.__name__)
-        for module in (torch_module, mirrored):
-            server = module.create_healthcheck_server(alive_callback=lambda: 0, port=0, timeout=60)
-            server.start()
-            server.stop()
-        theirs, ours = caplog.records[:2], caplog.records[2:]
+            logger = logging.getLogger(module.__name__)
+            handler, level = Collect(), logger.level
+            logger.addHandler(handler)
+            logger.setLevel(logging.DEBUG)
+            try:
+                server = module.create_healthcheck_server(
+                    alive_callback=lambda: 0, port=0, timeout=60
+                )
+                server.start()
+                server.stop()
+            finally:
+                logger.removeHandler(handler)
+                logger.setLevel(level)
+            captured.append([(r.levelno, r.getMessage()) for r in handler.records])
+        theirs, ours = captured
         assert len(ours) == 2
-        assert [(r.levelno, r.getMessage()) for r in ours] == [
-            (r.levelno, r.getMessage()) for r in theirs
-        ]
+        assert ours == theirs

@@ -1,0 +1,193 @@
+"""The manifests under deploy/kubernetes/: valid resources, probes sized from the timeouts.
+
+Core resources are validated offline against the Kubernetes OpenAPI schemas shipped in
+kubernetes-validate (a ``test`` extra); the custom resources' pod templates are validated
+as core PodTemplates. Without that package these tests skip.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import DEPLOY
+
+yaml = pytest.importorskip("yaml", reason="PyYAML comes with kubernetes-validate (test extra)")
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate", reason="kubernetes-validate is not installed (test extra)"
+)
+
+MANIFESTS = DEPLOY / "kubernetes"
+# Kubernetes 1.27 is the first to label a Job's pods batch.kubernetes.io/job-name.
+KUBERNETES_VERSION = "1.27.0"
+# The agent's defaults: --health-timeout (torch passes 60) and --health-startup-timeout.
+TIMEOUT = 60.0
+STARTUP_TIMEOUT = 1800.0
+
+
+def _documents(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((MANIFESTS / name).read_text()) if d]
+
+
+def _pod_templates() -> list[tuple[str, dict[str, Any]]]:
+    """(file, pod template) for every workload under deploy/kubernetes/."""
+    found = []
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        for doc in _documents(path.name):
+            if doc["kind"] == "Job":
+                found.append((path.name, doc["spec"]["template"]))
+            elif doc["kind"] == "PyTorchJob":
+                for replicas in doc["spec"]["pytorchReplicaSpecs"].values():
+                    found.append((path.name, replicas["template"]))
+    return found
+
+
+def test_the_manifests_are_there():
+    assert sorted(p.name for p in MANIFESTS.glob("*.yaml")) == [
+        "podmonitor.yaml",
+        "pytorchjob.yaml",
+        "torchrun-job-restart-on-hang.yaml",
+        "torchrun-job.yaml",
+    ]
+    assert len(_pod_templates()) == 3
+
+
+@pytest.mark.parametrize("name", ["torchrun-job.yaml", "torchrun-job-restart-on-hang.yaml"])
+def test_core_resources_pass_the_strict_schema(name):
+    for doc in _documents(name):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(("name", "template"), _pod_templates(), ids=lambda v: str(v)[:40])
+def test_every_pod_template_passes_the_strict_schema(name, template):
+    """A custom resource's pod template too, as a core PodTemplate."""
+    wrapped = {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {"name": "check"},
+        "template": template,
+    }
+    kubernetes_validate.validate(wrapped, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_validator_rejects_a_misspelt_probe_field():
+    """The check can fail: a typo in a probe is caught offline."""
+    job = _documents("torchrun-job.yaml")[1]
+    job["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSecond"] = 10
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+
+
+def _options(command: list[str]) -> dict[str, str]:
+    """``--name=value`` arguments as a mapping."""
+    return dict(arg.split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+
+
+def _window(probe: dict[str, Any]) -> float:
+    """Seconds of failed probes before the kubelet acts."""
+    return float(probe["failureThreshold"] * probe["periodSeconds"])
+
+
+@pytest.mark.parametrize(("name", "template"), _pod_templates(), ids=lambda v: str(v)[:40])
+def test_probes_scrape_and_port_agree(name, template):
+    (container,) = template["spec"]["containers"]
+    options = _options(container["command"])
+    assert container["command"][:2] == ["elastic-healthcheck", "torchrun"]
+    assert float(options["--health-timeout"]) == TIMEOUT
+    assert float(options["--health-startup-timeout"]) == STARTUP_TIMEOUT
+    port = int(options["--health-port"])
+    assert {"name": "health", "containerPort": port} in container["ports"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert template["metadata"]["labels"]["elastic-healthcheck/scrape"] == "true"
+    startup, liveness = container["startupProbe"], container["livenessProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert liveness["httpGet"] == {"path": "/livez", "port": "health"}
+    # The agent answers within its callback deadline (0.5 s); a probe waits longer.
+    assert liveness["timeoutSeconds"] >= 1
+
+
+@pytest.mark.parametrize(("name", "template"), _pod_templates(), ids=lambda v: str(v)[:40])
+def test_a_hang_ends_the_pod_within_timeout_plus_the_probe_window(name, template):
+    """Detection: the verdict's timeout plus the liveness window, minutes at most."""
+    (container,) = template["spec"]["containers"]
+    assert TIMEOUT + _window(container["livenessProbe"]) <= 180
+
+
+def test_restart_on_hang_gives_the_in_job_restart_its_chance_first():
+    """With --health-on-hang restart the liveness window outlasts the in-job restart.
+
+    The agent ends a hung group within seconds (stacks within 2 s, a polite signal, SIGKILL
+    after a short grace) and then answers 200 while restarting; 60 s of 503 leaves room.
+    """
+    (report,) = _documents("torchrun-job.yaml")[1]["spec"]["template"]["spec"]["containers"]
+    (restart,) = _documents("torchrun-job-restart-on-hang.yaml")[1]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert "--health-on-hang" not in _options(report["command"])
+    assert _options(restart["command"])["--health-on-hang"] == "restart"
+    assert _window(restart["livenessProbe"]) >= 60
+    assert _window(restart["livenessProbe"]) > _window(report["livenessProbe"])
+
+
+# Options this release adds alongside the manifests; the CLI learns them in the same release.
+COMING = {"--health-startup-timeout", "--health-on-hang"}
+
+
+def test_every_health_option_is_one_the_cli_knows():
+    result = subprocess.run(
+        [sys.executable, "-m", "elastic_healthcheck", "torchrun", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    known = set(re.findall(r"--health-[\w-]+", result.stdout)) | COMING
+    used = {
+        option
+        for path in MANIFESTS.glob("*.yaml")
+        for option in re.findall(r"--health-[\w-]+", path.read_text())
+    }
+    assert used - known == set()
+
+
+def test_podmonitor_scrapes_the_port_and_labels_the_rules_expect():
+    (monitor,) = _documents("podmonitor.yaml")
+    assert monitor["spec"]["selector"]["matchLabels"] == {"elastic-healthcheck/scrape": "true"}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("health", "/metrics")
+    targets = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+    assert targets["job"]["replacement"] == "elastic-healthcheck"
+    rules = (DEPLOY / "prometheus" / "elastic-healthcheck.rules.yml").read_text()
+    assert 'up{job="elastic-healthcheck"}' in rules
+    assert "training_job" in targets
+
+
+@pytest.mark.parametrize(
+    ("kubeflow", "batch", "expected"),
+    [
+        ("llama", "", "llama"),
+        ("llama", "llama-worker", "llama"),
+        ("", "trainer", "trainer"),
+        ("", "", None),
+    ],
+)
+def test_training_job_relabeling(kubeflow, batch, expected):
+    """The relabeling regex (anchored, as Prometheus anchors it) picks the job's name."""
+    (monitor,) = _documents("podmonitor.yaml")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    rule = next(r for r in endpoint["relabelings"] if r["targetLabel"] == "training_job")
+    match = re.fullmatch(rule["regex"], rule["separator"].join([kubeflow, batch]))
+    got = None
+    if match is not None:  # Prometheus writes $1, Python \1; an unmatched group is ""
+        got = match.expand(re.sub(r"\$(\d)", r"\\\1", rule["replacement"]))
+    assert got == expected
+
+
+def test_docs_show_the_same_relabeling():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    assert 'regex: "([^;]+);.*|;(.+)"' in docs

@@ -1,0 +1,226 @@
+"""The torchrun verdict as a table: phase and rank records in, answer and blame out (no clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from elastic_healthcheck._groupverdict import group_status, rank_state
+from elastic_healthcheck._rankrecord import FLAG_EXITED, RankSnapshot
+from elastic_healthcheck.status import Verdict
+
+NOW = 1_700_000_100.0
+START = NOW - 100.0  # the group was spawned 100 s ago
+TIMEOUT = 5.0
+STARTUP = 60.0
+
+
+def rank(
+    progress_ago: float | None = None,
+    *,
+    entered: int = 0,
+    inside: str | None = None,
+    inside_for: float = 0.0,
+    exited: bool = False,
+    spawned_ago: float = 100.0,
+) -> RankSnapshot:
+    """A record: last progress that long ago (None: never), collectives entered, inside one."""
+    return RankSnapshot(
+        spawn_time=NOW - spawned_ago,
+        pid=4242,
+        global_rank=None,
+        progress_time=0.0 if progress_ago is None else NOW - progress_ago,
+        steps=0 if progress_ago is None else 10,
+        entered=entered,
+        left=entered - 1 if inside else entered,
+        collective=inside,
+        collective_since=NOW - inside_for if inside else 0.0,
+        flags=FLAG_EXITED if exited else 0,
+    )
+
+
+def verdict(ranks, *, started_ago: float = 100.0, phase: str = "running", **kwargs):
+    return group_status(
+        phase=phase,
+        now=NOW,
+        timeout=TIMEOUT,
+        startup_timeout=STARTUP,
+        group_start=NOW - started_ago,
+        ranks=ranks,
+        **kwargs,
+    )
+
+
+# (case, ranks, started_ago, verdict, suspects)
+CASES = [
+    ("every rank progressing", {"0": rank(0.1), "1": rank(0.3)}, 100, Verdict.ALIVE, []),
+    ("a rank never started, within the startup timeout", {"0": rank(0.1), "1": rank(None)}, 30,
+     Verdict.ALIVE, []),
+    ("skewed start: rank 0 waits in all_reduce for a loading rank 1", {
+        "0": rank(20, entered=1, inside="all_reduce", inside_for=20), "1": rank(None)},
+     30, Verdict.ALIVE, []),
+    ("a rank never started, past the startup timeout", {"0": rank(0.1), "1": rank(None)}, 61,
+     Verdict.DEAD, ["1"]),
+    ("every rank never started, past the startup timeout", {"0": rank(None), "1": rank(None)},
+     61, Verdict.DEAD, ["0", "1"]),
+    ("stalled in compute while the peer waits in all_reduce", {
+        "0": rank(8, entered=4, inside="all_reduce", inside_for=7.9),
+        "1": rank(8.1, entered=3)}, 100, Verdict.DEAD, ["1"]),
+    ("both inside the same collective: the culprit is elsewhere", {
+        "0": rank(8, entered=4, inside="all_reduce", inside_for=7.9),
+        "1": rank(8, entered=4, inside="all_reduce", inside_for=7.9)}, 100, Verdict.DEAD, []),
+    ("NCCL-like: both outside, rank 1 entered fewer collectives", {
+        "0": rank(8, entered=9), "1": rank(8.2, entered=7)}, 100, Verdict.DEAD, ["1"]),
+    ("both outside with equal counts: cannot be told", {
+        "0": rank(8, entered=7), "1": rank(8.2, entered=7)}, 100, Verdict.DEAD, []),
+    ("a rank lags its progressing peer by more than the timeout", {
+        "0": rank(0.2), "1": rank(6)}, 100, Verdict.DEAD, ["1"]),
+    ("a rank stalled but not yet lagging a progressing peer by the timeout", {
+        "0": rank(1.0), "1": rank(5.5)}, 100, Verdict.DEAD, []),
+    ("an exited rank is not stalled", {"0": rank(0.2), "1": rank(50, exited=True)}, 100,
+     Verdict.ALIVE, []),
+    ("every rank exited", {"0": rank(50, exited=True), "1": rank(60, exited=True)}, 100,
+     Verdict.ALIVE, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ranks", "started_ago", "expected", "suspects"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_verdict_table(ranks, started_ago, expected, suspects):
+    status = verdict(ranks, started_ago=started_ago)
+    assert status.verdict is expected, status.detail
+    assert status.detail is not None
+    assert status.detail["suspect_ranks"] == suspects
+    assert set(status.detail["ranks"]) == set(ranks)  # every local rank is in the body
+    assert isinstance(status.detail["summary"], str) and status.detail["summary"]
+
+
+@pytest.mark.parametrize("phase", ["starting", "rendezvous", "restarting", "exit_barrier"])
+def test_the_agent_at_work_is_alive_whatever_the_ranks(phase):
+    status = verdict({"0": rank(None), "1": rank(500)}, phase=phase, started_ago=5000)
+    assert status.verdict is Verdict.ALIVE
+    assert status.detail == {"phase": phase}
+
+
+def test_stalled_together_is_said_and_nobody_blamed():
+    status = verdict(
+        {
+            "0": rank(8, entered=4, inside="all_reduce", inside_for=7.9),
+            "1": rank(8, entered=4, inside="all_reduce", inside_for=7.9),
+        }
+    )
+    assert status.detail["stalled_together"] is True
+    assert "stalled together (in all_reduce)" in status.detail["summary"]
+    assert "another node" in status.detail["summary"]
+
+
+def test_rank_detail_shape():
+    status = verdict({"0": rank(8, entered=4, inside="broadcast", inside_for=2.5), "1": rank(9)})
+    assert status.detail["ranks"]["0"] == {
+        "state": "stalled",
+        "age": 8.0,
+        "rank": None,
+        "pid": 4242,
+        "steps": 10,
+        "collectives": 4,
+        "in_collective": "broadcast",
+        "collective_age": 2.5,
+    }
+    assert status.detail["ranks"]["1"]["in_collective"] is None
+    assert status.detail["ranks"]["1"]["collective_age"] is None
+
+
+def test_a_starting_rank_has_its_age_since_spawn():
+    status = verdict({"0": rank(None, spawned_ago=12.5)}, started_ago=12.5)
+    assert status.detail["ranks"]["0"]["state"] == "starting"
+    assert status.detail["ranks"]["0"]["age"] == 12.5
+
+
+def test_age_and_last_progress_follow_the_slowest_active_rank():
+    status = verdict({"0": rank(0.5), "1": rank(2.0)})
+    assert status.alive
+    assert status.age == pytest.approx(2.0)
+    assert status.detail["slowest_rank"] == "1"
+
+
+def test_past_the_startup_deadline_the_age_is_since_the_spawn():
+    status = verdict({"0": rank(None)}, started_ago=61)
+    assert status.verdict is Verdict.DEAD
+    assert status.age == pytest.approx(61)
+    assert "startup timeout of 60 s" in status.detail["summary"]
+
+
+def test_a_process_known_gone_counts_as_exited():
+    status = verdict({"0": rank(0.2), "1": rank(50)}, exited=frozenset({"1"}))
+    assert status.alive
+    assert status.detail["ranks"]["1"]["state"] == "exited"
+
+
+@pytest.mark.parametrize(
+    ("agent_ago", "expected"),
+    [(0.0, Verdict.ALIVE), (TIMEOUT + 0.9, Verdict.ALIVE), (TIMEOUT + 1.5, Verdict.DEAD)],
+)
+def test_the_agents_whole_second_callback_gets_one_second_of_rounding(agent_ago, expected):
+    status = verdict({"0": rank(0.1)}, agent_last=NOW - agent_ago)
+    assert status.verdict is expected
+
+
+def test_sub_second_timeout_follows_the_ranks_not_the_agents_clock_tick():
+    """torch's callback returns int(time.time()): up to 1 s old even when all is well."""
+    status = group_status(
+        phase="running",
+        now=NOW + 0.95,
+        timeout=0.5,
+        startup_timeout=STARTUP,
+        group_start=START,
+        ranks={"0": rank(-0.85), "1": rank(-0.9)},  # beat 0.1 and 0.05 s ago
+        agent_last=NOW,  # the whole second
+    )
+    assert status.alive, status.detail
+
+
+def test_extra_detail_is_merged():
+    status = verdict({"0": rank(0.1)}, extra={"restarts": 2, "run_id": "job"})
+    assert status.detail["restarts"] == 2 and status.detail["run_id"] == "job"
+
+
+@pytest.mark.parametrize(
+    ("ago", "exited", "expected"),
+    [(None, False, "starting"), (1.0, False, "progressing"), (5.0, False, "progressing"),
+     (5.01, False, "stalled"), (1.0, True, "exited")],
+)  # fmt: skip
+def test_rank_state(ago, exited, expected):
+    assert rank_state(rank(ago), exited, TIMEOUT, NOW) == expected
+
+
+def test_a_rank_waiting_for_a_peer_that_just_started_is_waiting_not_stalled():
+    """Skewed start, the moment the slow rank takes its first step: its peer has waited
+    in collective #1 for longer than the timeout, and is about to be released."""
+    status = verdict(
+        {"0": rank(7, entered=1, inside="all_reduce", inside_for=7), "1": rank(0.01, entered=0)}
+    )
+    assert status.alive, status.detail
+    assert status.detail["ranks"]["0"]["state"] == "waiting"
+    assert status.detail["ranks"]["1"]["state"] == "progressing"
+    assert "local rank 0 waits in a collective it has not reached yet" in status.detail["summary"]
+    assert status.age == pytest.approx(0.01)
+
+
+def test_waiting_during_startup_is_said():
+    status = verdict(
+        {"0": rank(7, entered=1, inside="all_reduce", inside_for=7), "1": rank(None)},
+        started_ago=8,
+    )
+    assert status.alive
+    assert status.detail["ranks"]["0"]["state"] == "waiting"
+
+
+def test_a_rank_stuck_in_a_collective_its_progressing_peer_has_passed_is_stalled():
+    status = verdict(
+        {"0": rank(9, entered=3, inside="all_reduce", inside_for=9), "1": rank(0.1, entered=5)}
+    )
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["ranks"]["0"]["state"] == "stalled"
+    assert status.detail["suspect_ranks"] == ["0"]  # lags its peer by more than the timeout
