@@ -359,7 +359,7 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from ._kinds import ConfigurationError, resolve_kind
+    from ._kinds import ConfigurationError, create_server, resolve_kind
     from ._progress import HeartbeatFileReader
 
     try:
@@ -390,9 +390,18 @@ def _serve(args: argparse.Namespace) -> int:
     if args.callback_timeout is not None:
         options["callback_timeout"] = args.callback_timeout
     try:
-        # torch annotates the callback and timeout as int; ours take floats as well.
-        server = server_class(callback, args.port, args.timeout, **options)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
+        # The one builder: ELASTIC_HEALTHCHECK_<OPTION> variables count here as in
+        # create_healthcheck_server and under torchrun. torch annotates the callback and
+        # timeout as int; ours take floats as well.
+        server = create_server(
+            callback,  # type: ignore[arg-type]
+            args.port,
+            args.timeout,
+            kind=args.kind,
+            options=options,
+            kind_source="--kind",
+        )
+    except (TypeError, ValueError) as exc:  # ConfigurationError is a ValueError
         print(f"{PROG} serve: error: {exc}", file=sys.stderr)
         return 2
 

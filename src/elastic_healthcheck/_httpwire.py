@@ -18,9 +18,11 @@ __all__ = [
     "ALLOW",
     "MAX_HEADERS",
     "MAX_REQUEST_HEAD",
+    "MAX_REQUEST_LINE",
     "HTTPError",
     "Request",
     "build_response",
+    "early_error",
     "find_head_end",
     "http_date",
     "parse_request",
@@ -30,6 +32,10 @@ __all__ = [
 # The largest request head accepted, in bytes. A prober's is ~150 bytes; nginx's default
 # large_client_header_buffers is 8 KiB, h11's limit 16 KiB, kubelet reads 10 KiB bodies.
 MAX_REQUEST_HEAD = 8192
+
+# The longest request line accepted, in bytes: longer gets 414 (URI Too Long), decided on
+# the line alone, however its bytes arrive (nginx's large_client_header_buffers: 8 KiB).
+MAX_REQUEST_LINE = 8192
 
 # Header fields per request at most (CPython's http.client uses 100).
 MAX_HEADERS = 100
@@ -83,6 +89,45 @@ class Request:
     def __repr__(self) -> str:
         fields = f"{self.method!r}, {self.path!r}, minor={self.minor}"
         return f"Request({fields}, keep_alive={self.keep_alive})"
+
+
+# The start of a request line: a method (a token) and the space after it.
+_METHOD_SO_FAR = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
+# RFC 9113 section 3.4: the HTTP/2 connection preface starts with this line.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n"
+
+
+def early_error(buf: bytes) -> HTTPStatus | None:
+    """Reject a request head that cannot become valid, as soon as its bytes prove it.
+
+    ``buf`` holds what arrived of a head (leading empty lines removed), complete or
+    not. A TLS handshake (its first byte is 0x16), the HTTP/2 preface, or a method with
+    a byte that is not a token character gets 400 at that byte; a request line longer
+    than ``MAX_REQUEST_LINE`` gets 414 and a head longer than ``MAX_REQUEST_HEAD`` 431,
+    whether the bytes came in one piece or in many.
+
+    >>> early_error(b"\x16\x03\x01\x02\x00")
+    <HTTPStatus.BAD_REQUEST: 400>
+    >>> early_error(b"GET /healthz HT") is None
+    True
+
+    Returns:
+        The status to answer with before closing, or ``None`` while the head may
+        still turn out valid.
+    """
+    method_end = _METHOD_SO_FAR.match(buf).end()  # type: ignore[union-attr]
+    if method_end < len(buf) and (method_end == 0 or buf[method_end] != 0x20):
+        return HTTPStatus.BAD_REQUEST  # not a token, or the line ends before a space
+    if buf.startswith(_H2_PREFACE[: len(buf)]) and len(buf) >= len(_H2_PREFACE):
+        return HTTPStatus.BAD_REQUEST
+    line_end = buf.find(b"\n", 0, MAX_REQUEST_LINE + 2)
+    line_length = len(buf) if line_end < 0 else line_end - (buf[line_end - 1 : line_end] == b"\r")
+    if line_length > MAX_REQUEST_LINE:
+        return HTTPStatus.REQUEST_URI_TOO_LONG
+    end, _following = find_head_end(buf)
+    if (end if end >= 0 else len(buf)) > MAX_REQUEST_HEAD:
+        return HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    return None
 
 
 def find_head_end(buf: bytes) -> tuple[int, int]:

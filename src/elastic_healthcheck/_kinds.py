@@ -164,6 +164,7 @@ def create_server(
     kind: str | None = None,
     options: Mapping[str, object] | None = None,
     environ: Mapping[str, str] | None = None,
+    kind_source: str = "kind",
 ) -> HealthCheckServer:
     """Build the server of the chosen kind, with options from arguments and environment.
 
@@ -179,6 +180,12 @@ def create_server(
             without it builds ``noop``. A blank variable counts as unset.
         options: Keyword arguments for the class, overriding the environment.
         environ: The environment to read; ``None`` means :data:`os.environ`.
+        kind_source: What ``kind`` is called where it came from, for error messages
+            (``--kind`` on the command line).
+
+    This is the one way servers are built: ``create_healthcheck_server``, the CLI's
+    ``serve`` and the torch integration all call it, so options and variables are
+    honoured and checked the same way everywhere.
 
     Raises:
         ConfigurationError: The kind cannot be resolved, an option is unknown, or a
@@ -187,7 +194,7 @@ def create_server(
     env = os.environ if environ is None else environ
     explicit = dict(options or {})
     if kind is not None:
-        cls = resolve_kind(kind)
+        cls = resolve_kind(kind, source=kind_source)
         described = f"health check server kind {kind!r}"
     elif env.get(ENV_SERVER, "").strip():
         kind = env[ENV_SERVER].strip()

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ._protocol import BaseProtocol, Services, StateEnum, StateMachine, Transport
 from ._server import (
     DEFAULT_CALLBACK_TIMEOUT,
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
-    RECV_SIZE,
-    Connection,
     SocketHealthCheckServer,
 )
 from .status import HealthStatus, Verdict, check_seconds
 
-__all__ = ["TCPHealthCheckServer"]
+__all__ = ["TRANSITIONS", "TCPEvent", "TCPHealthCheckServer", "TCPProtocol", "TCPState"]
 
-# Seconds between verdicts while the port is closed (refuse_while_dead): how soon a
-# recovered agent is reachable again, at the cost of one callback call each time.
+# Seconds between the server's own verdicts (refuse_while_dead): how late a death is
+# refused and a recovered agent is reachable again, at one callback call each time.
 # kubelet probes every 10 s by default (periodSeconds), Consul's TCP checks are configured
 # in seconds too, so 1 s adds little to what a prober notices anyway.
 DEFAULT_RECHECK_INTERVAL = 1.0
@@ -77,6 +76,76 @@ def agent_check_line(status: HealthStatus) -> bytes:
     return (b"up #" if status.alive else b"down #") + status_line(status)
 
 
+class TCPState(StateEnum):
+    """Where one TCP status connection is."""
+
+    WAITING = "waiting"  # for the verdict; input is read and dropped
+    HALF_CLOSED = "half-closed"  # waiting, and the client sent its last byte
+    CLOSED = "closed"  # the line is written; the connection closes
+
+
+class TCPEvent(StateEnum):
+    """What moves a TCP status connection."""
+
+    INPUT = "input"  # bytes from the client (HAProxy's agent-send): dropped
+    EOF = "eof"  # the client will send nothing more (ncat at the end of its input)
+    ANSWER = "answer"  # the line is written
+    LOST = "lost"  # the transport closed
+
+
+S, E = TCPState, TCPEvent
+TRANSITIONS: dict[tuple[TCPState, TCPEvent], TCPState] = {
+    (S.WAITING, E.INPUT): S.WAITING,
+    (S.WAITING, E.EOF): S.HALF_CLOSED,
+    (S.WAITING, E.ANSWER): S.CLOSED,
+    (S.WAITING, E.LOST): S.CLOSED,
+    (S.HALF_CLOSED, E.ANSWER): S.CLOSED,
+    (S.HALF_CLOSED, E.LOST): S.CLOSED,
+    (S.CLOSED, E.LOST): S.CLOSED,
+}
+del S, E
+
+
+class TCPProtocol(BaseProtocol):
+    """One TCP status connection: ask for the verdict, write its line, close."""
+
+    def __init__(self, services: Services, render: Callable[[HealthStatus], bytes]) -> None:
+        self._services = services
+        self._render = render
+        self._machine = StateMachine(TRANSITIONS, TCPState.WAITING)
+        self._got_input = False
+
+    @property
+    def state(self) -> TCPState:
+        return self._machine.state
+
+    def connection_made(self, transport: Transport) -> None:
+        super().connection_made(transport)
+        self._services.request_status(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._machine.state is TCPState.WAITING:
+            self._machine.fire(TCPEvent.INPUT)
+            self._got_input = True  # so the close will be graceful
+
+    def eof_received(self) -> bool:
+        if self._machine.state is TCPState.WAITING:
+            self._machine.fire(TCPEvent.EOF)
+            return True  # the client still wants its line
+        return False
+
+    def status_received(self, status: HealthStatus) -> None:
+        self._machine.fire(TCPEvent.ANSWER)
+        self._services.count_probe(status)
+        self.transport.write(self._render(status))
+        # Input seen: the client may send more, linger. None seen: look whether some
+        # arrived since the loop last read (the line must not be lost to a reset).
+        self.transport.close(linger=True if self._got_input else None)
+
+    def connection_lost(self) -> None:
+        self._machine.fire(TCPEvent.LOST)
+
+
 class TCPHealthCheckServer(SocketHealthCheckServer):
     """A TCP health-check server: each connection gets one status line, then a close.
 
@@ -112,22 +181,25 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
 
     **Refusing while dead.** A connect-only prober (kubelet ``tcpSocket``, Consul TCP
     checks) learns only whether the connection is accepted, so a listening port always
-    passes. With ``refuse_while_dead=True`` the server closes its listening socket(s)
-    while the verdict is ``dead`` or ``unknown`` (connections are refused) and opens them
-    again, on the same port(s), once it is ``alive``. :meth:`start` still returns as
-    soon as the port listens, without waiting for the callback: the loop then asks for a
-    verdict at once and closes the port within one callback call if the agent is not
-    alive. While the port is closed nobody can connect to ask, so the server calls the
-    callback every ``recheck_interval`` seconds on its own; while the port is open it
-    learns of a death from the next connection, which is still accepted (and answered
-    ``dead``), and the port is closed right after. A callback that hangs is noticed the
-    same way, by the first connection whose ``callback_timeout`` runs out, and the port
-    stays closed until the call returns. The cost: one callback call per
-    ``recheck_interval`` while refusing; none, and no wake-up at all, while accepting
-    and idle. If the port cannot be bound again (another process took it), the error is
-    logged once and the bind retried at every recheck. With ``port=0`` the ephemeral
-    port is kept, but while it is closed the system may hand it to someone else: use a
-    fixed port with this option.
+    passes. With ``refuse_while_dead=True`` the server refuses connections while the
+    verdict is ``dead`` or ``unknown`` and accepts again once it is ``alive``.
+    :meth:`start` still returns as soon as the port listens, without waiting for the
+    callback: the loop then asks for a verdict at once and refuses within one callback
+    call if the agent is not alive. From then on it calls the callback every
+    ``recheck_interval`` seconds on its own, so no connection is accepted later than
+    one interval (plus one callback call) after the verdict turned dead, the first one
+    included; a connection that comes in between is answered ``dead`` and refusing
+    starts right after. A callback that hangs counts as ``unknown`` once
+    ``callback_timeout`` has passed. The cost: one callback call per
+    ``recheck_interval``, whether refusing or not (without the option, an idle server
+    never wakes).
+
+    Where the port goes while refusing: on Linux the listening socket stays bound and
+    stops listening (``shutdown(SHUT_RD)``; ``listen()`` resumes), so the port stays
+    ours, even with ``port=0``, and nobody else can bind it. Elsewhere the socket is
+    closed and bound again: meanwhile another process may take the port, in which case
+    the error is logged once and the bind retried at every recheck (use a fixed port
+    there).
 
     >>> import socket, time
     >>> with TCPHealthCheckServer(lambda: int(time.time()), 0, 60, host="127.0.0.1") as s:
@@ -146,9 +218,11 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
         client_timeout: Seconds a client that does not read has to take the line.
         max_connections: Open client connections at most; the longest idle is closed to
             make room.
-        refuse_while_dead: Close the port while the verdict is not ``alive``, so that a
-            connect-only probe fails.
-        recheck_interval: Seconds between callback calls while the port is closed.
+        refuse_while_dead: Refuse connections while the verdict is not ``alive``, so
+            that a connect-only probe fails.
+        recheck_interval: Seconds between the server's own callback calls with
+            ``refuse_while_dead``: how late a death (or a recovery) is noticed when
+            nobody connects.
         agent_check: Answer in HAProxy's agent-check words (``up``/``down``, our line
             after ``#``).
 
@@ -158,6 +232,7 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
     """
 
     _kind = "tcp"
+    _keep_port = True
 
     def __init__(
         self,
@@ -193,52 +268,33 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
 
     @property
     def refusing(self) -> bool:
-        """``True`` while the port is closed because the agent is not alive."""
+        """``True`` while connections are refused because the agent is not alive."""
         return self.is_running and not self._listening
 
-    # -- protocol hooks ------------------------------------------------------------------
+    # -- hooks ---------------------------------------------------------------------------
 
-    def _on_start(self) -> None:
-        if self._refuse_while_dead:
-            self._recheck_after(0.0)  # a server that starts dead refuses from the start
+    def _make_protocol(self, services: Services) -> BaseProtocol:
+        return TCPProtocol(services, self._status_line)
 
-    def _on_connect(self, conn: Connection) -> None:
-        conn.discard_input = True
-        self._await_status(conn, None)
-
-    def _on_input(self, conn: Connection) -> None:
-        # Not reached (discard_input drops input before it is buffered); drop it anyway.
-        conn.inbuf = b""
-        conn.linger = True
-
-    def _on_status(self, conn: Connection, status: HealthStatus) -> None:
-        self._count_probe(status.verdict)
+    def _status_line(self, status: HealthStatus) -> bytes:
         cached, line = self._line
         if cached is not status:
             line = self._render(status)
             self._line = (status, line)
-        self._take_input(conn)
-        self._send(conn, line, keep_alive=False)
+        return line
+
+    def _on_start(self) -> None:
+        if self._refuse_while_dead:
+            self._recheck_after(0.0)  # a server that starts dead refuses from the start
 
     def _observe(self, status: HealthStatus) -> None:
         super()._observe(status)
         if not self._refuse_while_dead:
             return
         if status.alive:
-            if self._resume_listening():
-                self._recheck_after(None)  # open and idle: no timer at all
-            else:
-                self._recheck_after(self._recheck_interval)  # retry the bind
+            self._resume_listening()  # if it fails (logged once), the next recheck retries
         else:
             self._pause_listening()
-            self._recheck_after(self._recheck_interval)
-
-    @staticmethod
-    def _take_input(conn: Connection) -> None:
-        """Read what arrived since the loop last looked, so that the close stays graceful."""
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except OSError:  # nothing there (BlockingIOError), or reset: _send will see it
-            return
-        if data:
-            conn.linger = True
+        # Rechecked while accepting too, so that a death is noticed within the interval
+        # even if nobody connects.
+        self._recheck_after(self._recheck_interval)

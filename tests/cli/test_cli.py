@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,7 @@ class Serving:
         )
         assert self.process.stdout is not None
         self.banner = self.process.stdout.readline()  # printed once listening
+        assert self.process.stderr is not None
         assert self.banner.startswith("Serving "), self.banner + self.process.stderr.read()
         self.address = self.banner.split(" on ", 1)[1].split(" ", 1)[0]
         self.port = int(self.address.rsplit(":", 1)[1].split("/", 1)[0])
@@ -161,10 +163,11 @@ def test_heartbeat_file_drives_the_verdict(serving, tmp_path):
     assert server.finish()[0] == 0
 
 
-def _probe_until(target: str, verdict: str) -> dict:
+def _probe_until(target: str, verdict: str) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while True:
         result = run("probe", "--json", target)
+        answer: dict[str, Any]
         (answer,) = json.loads(result.stdout)["results"]
         if answer["verdict"] == verdict:
             assert result.returncode == 1

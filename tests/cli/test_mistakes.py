@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -230,11 +231,12 @@ def _http(body: bytes, status: str = "200 OK") -> bytes:
     ).encode() + body
 
 
-def _json_strict(text: str) -> dict:
+def _json_strict(text: str) -> dict[str, Any]:
     def refuse(constant: str) -> None:
         raise AssertionError(f"{constant} is not JSON")
 
-    return json.loads(text, parse_constant=refuse)
+    data: dict[str, Any] = json.loads(text, parse_constant=refuse)
+    return data
 
 
 @pytest.mark.parametrize(

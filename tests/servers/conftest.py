@@ -34,12 +34,16 @@ def _factories(cls: type[SocketHealthCheckServer]) -> Iterator[Callable[..., obj
 
     yield make
     for server in made:
-        listeners = list(server._listeners)
+        engine = server._engine
+        listeners = list(engine.listeners.sockets) if engine is not None else []
         server.stop()
         assert not server.is_running
         assert all(s.fileno() == -1 for s in listeners)
-        assert server._listeners == []
-        assert server._thread is None
+        assert server._engine is None
+        if engine is not None:
+            assert engine.listeners.sockets == []
+            assert engine.thread is None or not engine.thread.is_alive()
+            assert not engine.transports
 
 
 @pytest.fixture

@@ -19,11 +19,9 @@ def assert_common_headers(response: Response) -> None:
     for name, value in REQUIRED_HEADERS.items():
         assert response.header(name) == value
     assert "server" not in response.headers
-    assert response.header(
-        "date",
-    ).endswith(" GMT")
+    assert (response.header("date") or "").endswith(" GMT")
     if response.body:
-        assert int(response.header("content-length")) == len(response.body)
+        assert int(response.header("content-length") or -1) == len(response.body)
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/livez"])
@@ -98,7 +96,7 @@ def test_head_is_get_without_body(server_factory):
 def test_head_of_metrics_has_the_length_of_get(server):
     head = request(server.port, "/metrics", method="HEAD")
     assert head.status == 200
-    assert int(head.header("content-length")) > 100
+    assert int(head.header("content-length") or 0) > 100
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/metrics", "*"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from elastic_healthcheck import HTTPHealthCheckServer
+from elastic_healthcheck.status import Verdict
 
 from .client import NOW_CALLBACK, read_until_closed, request
 from .conftest import answers_alive, connect
@@ -118,9 +119,9 @@ def test_bad_arguments_fail_at_construction(kwargs, error, match):
 
 
 def test_start_twice_is_harmless(server):
-    port, thread = server.port, server._thread
+    port, thread = server.port, server._engine.thread
     server.start()
-    assert (server.port, server._thread) == (port, thread)
+    assert (server.port, server._engine.thread) == (port, thread)
     assert request(port).status == 200
 
 
@@ -226,11 +227,12 @@ def test_stop_interrupted_at_any_line_propagates_and_a_second_stop_finishes(serv
     lines: list[tuple[str, int]] = []
     server = server_factory()
     server.start()
+    previous = sys.gettrace()  # coverage's, when measured: put it back after
     sys.settrace(_package_line_tracer(-1, lines))
     try:
         server.stop()
     finally:
-        sys.settrace(None)
+        sys.settrace(previous)
     assert len(lines) > 10
     port = None
     for index in range(len(lines)):
@@ -243,10 +245,10 @@ def test_stop_interrupted_at_any_line_propagates_and_a_second_stop_finishes(serv
                 with pytest.raises(Interrupt):
                     server.stop()
             finally:
-                sys.settrace(None)
+                sys.settrace(previous)
             server.stop()
             assert not server.is_running
-            assert server._listeners == []
+            assert server._engine is None
             assert read_until_closed(client) == b""
 
 
@@ -278,3 +280,14 @@ def test_forked_child_does_not_keep_the_listening_socket(kind, factory):
         os.close(ready_r)
         os.close(write_end)
         os.waitpid(pid, 0)
+
+
+def test_probe_counts_survive_a_restart(kind, factory):
+    """The /metrics counters are counters: a stop() and start() does not reset them."""
+    server = factory()
+    server.start()
+    assert answers_alive(kind, server.port)
+    server.stop()
+    server.start()
+    assert answers_alive(kind, server.port)
+    assert server._probes[Verdict.ALIVE] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import socket
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from elastic_healthcheck._tcp import TCPHealthCheckServer
+from elastic_healthcheck import _listeners
+from elastic_healthcheck._tcp import TCPHealthCheckServer, TCPState
 from elastic_healthcheck.status import HealthStatus, Verdict
 
 from .client import NOW_CALLBACK, read_until_closed
@@ -196,12 +198,12 @@ def test_input_sent_while_waiting_is_dropped_not_buffered(tcp_factory):
     server.start()
     try:
         with connect(server.port) as sock:
-            wait_for(lambda: len(server._connections) == 1)
+            wait_for(lambda: len(server._engine.transports) == 1)
             # More than the socket buffers hold: returns once the server has read most of it.
             sock.sendall(b"x" * 16_000_000)
-            (conn,) = server._connections.values()
-            assert conn.inbuf == b""
-            assert conn.linger  # so the close will be graceful
+            (transport,) = server._engine.transports
+            assert transport.protocol.state is TCPState.WAITING  # it keeps no input at all
+            assert transport.protocol._got_input  # so the close will be graceful
             release.set()
             assert parse(read_until_closed(sock))[0] == "alive"
     finally:
@@ -216,9 +218,9 @@ def test_client_that_half_closes_while_waiting_still_gets_the_line(tcp_factory):
     with connect(server.port) as sock:
         sock.sendall(b"hello\n")
         sock.shutdown(socket.SHUT_WR)
-        wait_for(lambda: len(server._connections) == 1)
+        wait_for(lambda: len(server._engine.transports) == 1)
         # The end of input is seen: the connection is no longer watched for reading.
-        wait_for(lambda: len(server._selector.get_map()) == 2)  # listener and waker
+        wait_for(lambda: len(server._engine.loop.selector.get_map()) == 2)  # listener and waker
         release.set()
         assert parse(read_until_closed(sock))[0] == "alive"
 
@@ -230,7 +232,7 @@ def test_client_that_connects_and_leaves_costs_nothing(tcp_factory):
     for _ in range(50):
         with connect(server.port):
             pass
-    wait_for(lambda: not server._connections)
+    wait_for(lambda: not server._engine.transports)
     assert parse(probe(server.port))[0] == "alive"
 
 
@@ -267,7 +269,7 @@ def test_concurrent_connections_share_one_call_and_two_threads(tcp_factory):
     ]
     socks = [connect(port) for _ in range(200)]
     try:
-        wait_for(lambda: len(server._connections) == 200)
+        wait_for(lambda: len(server._engine.transports) == 200)
         release.set()
         lines = [read_until_closed(sock) for sock in socks]
     finally:
@@ -355,7 +357,12 @@ def test_probe_that_finds_the_agent_dead_gets_the_line_then_the_port_closes(tcp_
     assert parse(probe(port))[0] == "alive"
     progress.dead()
     seen: list[bytes | None] = []
-    wait_for(lambda: seen.append(answers(port)) or seen[-1] is None)
+
+    def refused_now() -> bool:
+        seen.append(answers(port))
+        return seen[-1] is None
+
+    wait_for(refused_now)
     # Nothing but a probe asks while the port is open: one was answered "dead".
     assert any(line and parse(line)[0] == "dead" for line in seen), seen
     assert refused(port)
@@ -394,22 +401,28 @@ def test_refusing_server_calls_the_callback_once_per_recheck_interval(tcp_factor
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/task")
-@pytest.mark.parametrize("refuse_while_dead", [False, True])
-def test_alive_idle_server_never_wakes(tcp_factory, refuse_while_dead):
-    """No timer runs while the port is open: both threads sleep through half a second."""
+def test_alive_idle_server_never_wakes(tcp_factory):
+    """No timer runs: both threads sleep through half a second (refuse_while_dead rechecks)."""
     progress = Progress()
-    server = tcp_factory(progress, refuse_while_dead=refuse_while_dead, recheck_interval=0.01)
+    server = tcp_factory(progress)
     server.start()
     assert parse(probe(server.port))[0] == "alive"
-    threads = [server._thread, server._evaluator._thread]
+    threads = [server._engine.thread, server._engine.evaluator.thread]
     wait_for(lambda: all(voluntary_switches(t)[0] == "S" for t in threads))
     before = [voluntary_switches(t) for t in threads]
     start = time.monotonic()
     wait_for(lambda: time.monotonic() - start >= 0.5, interval=0.1)
     assert [voluntary_switches(t) for t in threads] == before
-    assert progress.calls <= 2  # the start-up check (when refusing) and the probe
+    assert progress.calls == 1  # the probe
 
 
+@pytest.fixture
+def port_given_up(monkeypatch):
+    """Refuse as platforms other than Linux do: close the listener and bind it again later."""
+    monkeypatch.setattr(_listeners, "REFUSE_IN_PLACE", False)
+
+
+@pytest.mark.usefixtures("port_given_up")
 def test_failed_rebind_is_logged_once_and_retried_until_the_port_is_free(tcp_factory, eh_caplog):
     progress = Progress(0)
     server = tcp_factory(progress, refuse_while_dead=True, recheck_interval=0.02)
@@ -449,7 +462,9 @@ def test_closing_and_opening_the_port_is_logged_once_each(tcp_factory, eh_caplog
 
 
 @pytest.mark.parametrize("state", ["listening", "refusing", "rebind failing"])
-def test_stop_works_in_every_state(tcp_factory, state):
+def test_stop_works_in_every_state(tcp_factory, state, monkeypatch):
+    if state == "rebind failing":
+        monkeypatch.setattr(_listeners, "REFUSE_IN_PLACE", False)
     progress = Progress(0 if state != "listening" else None)
     server = tcp_factory(progress, refuse_while_dead=True, recheck_interval=0.02)
     server.start()
@@ -471,3 +486,44 @@ def test_stop_works_in_every_state(tcp_factory, state):
     again = tcp_factory(port=port)
     again.start()  # the port is free at once
     assert parse(probe(port))[0] == "alive"
+
+
+@pytest.mark.skipif(not _listeners.REFUSE_IN_PLACE, reason="the port is given up elsewhere")
+@pytest.mark.parametrize("reuse", [False, True])
+def test_refusing_keeps_the_port_from_others(tcp_factory, reuse):
+    """While refusing, nobody else can bind the port, not even with SO_REUSEADDR."""
+    progress = Progress(0)
+    server = tcp_factory(progress, refuse_while_dead=True, recheck_interval=0.02)
+    server.start()
+    port = server.port
+    wait_for(lambda: refused(port))
+    with socket.socket() as thief:
+        if reuse:
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with pytest.raises(OSError) as caught:
+            thief.bind(("127.0.0.1", port))
+        assert caught.value.errno == errno.EADDRINUSE
+    progress.alive()
+    wait_for(lambda: answers(port) is not None)
+    assert parse(probe(port))[0] == "alive"
+    assert server.port == port
+
+
+@pytest.mark.parametrize("interval", [0.05, 0.2])
+def test_no_connection_is_accepted_later_than_one_interval_after_death(tcp_factory, interval):
+    """The first connection after the verdict turned dead is refused within recheck_interval."""
+    progress = Progress()
+    server = tcp_factory(progress, timeout=60, refuse_while_dead=True, recheck_interval=interval)
+    server.start()
+    port = server.port
+    assert parse(probe(port))[0] == "alive"
+    wait_for(lambda: progress.calls >= 2)  # the start-up check and the probe: now idle
+    calls = progress.calls
+    progress.dead()  # from now on the callback says dead
+    died = time.monotonic()
+    # Nobody connects meanwhile: only the server's own recheck can notice.
+    wait_for(lambda: progress.calls > calls, interval=0.002)
+    wait_for(lambda: server.refusing, interval=0.002)
+    lag = time.monotonic() - died
+    assert refused(port)  # the first connection after the death
+    assert lag <= interval + 0.25, lag  # one interval, plus a loaded machine's scheduling

@@ -37,16 +37,17 @@ def installed(monkeypatch):
 
 
 def test_on_import_runs_once_after_the_module_executed_and_the_hook_leaves(stand_in, installed):
-    seen = []
+    seen: list[object] = []
     hook = installed(_PostImportHook(stand_in, lambda module: seen.append(module.VALUE)))
     module = importlib.import_module(stand_in)
     assert seen == [42]
     assert hook not in sys.meta_path
+    assert module.__spec__ is not None
     assert "exec_module" not in vars(module.__spec__.loader)  # the loader is as it was
 
 
 def test_a_find_spec_probe_does_not_use_the_hook_up(stand_in, installed):
-    seen = []
+    seen: list[str] = []
     hook = installed(_PostImportHook(stand_in, lambda module: seen.append(module.__name__)))
     assert importlib.util.find_spec(stand_in) is not None
     assert seen == [] and hook in sys.meta_path
@@ -55,7 +56,7 @@ def test_a_find_spec_probe_does_not_use_the_hook_up(stand_in, installed):
 
 
 def test_other_modules_and_missing_ones_pass_through(stand_in, installed):
-    seen = []
+    seen: list[object] = []
     hook = installed(_PostImportHook(stand_in, seen.append))
     assert hook.find_spec("json", None) is None
     assert (
@@ -69,7 +70,7 @@ def test_a_failing_import_does_not_call_on_import(tmp_path, installed, monkeypat
     (tmp_path / "ehc_broken.py").write_text("raise ImportError('half installed')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
-    seen = []
+    seen: list[object] = []
     installed(_PostImportHook("ehc_broken", seen.append))
     with pytest.raises(ImportError, match="half installed"):
         importlib.import_module("ehc_broken")

@@ -47,7 +47,7 @@ IO_MODULES = {"socket", "selectors", "threading", "select", "asyncio"}
 
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)

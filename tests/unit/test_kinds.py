@@ -438,7 +438,8 @@ def test_unknown_environment_option_is_an_error(monkeypatch):
         "ELASTIC_HEALTHCHECK_HSOT is not an option of health check server kind 'http'"
         " (from ELASTIC_HEALTHCHECK_SERVER); its options are"
         " ELASTIC_HEALTHCHECK_CALLBACK_TIMEOUT, ELASTIC_HEALTHCHECK_CLIENT_TIMEOUT,"
-        " ELASTIC_HEALTHCHECK_HOST, ELASTIC_HEALTHCHECK_MAX_CONNECTIONS."
+        " ELASTIC_HEALTHCHECK_DEBUG, ELASTIC_HEALTHCHECK_HOST,"
+        " ELASTIC_HEALTHCHECK_MAX_CONNECTIONS."
     )
 
 
@@ -499,7 +500,7 @@ def test_unknown_explicit_option_is_an_error():
         create_healthcheck_server(alive, 0, 60, kind="http", hsot="127.0.0.1")
     assert str(info.value) == (
         "unexpected option 'hsot' for health check server kind 'http';"
-        " it takes: callback_timeout, client_timeout, host, max_connections"
+        " it takes: callback_timeout, client_timeout, debug, host, max_connections"
     )
 
 

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,7 +85,7 @@ def test_name_in_this_test_module():
 
 def test_falls_back_to_file_name_when_no_module_is_known():
     code = compile("logger = get_logger()", "/somewhere/train_script.py", "exec")
-    namespace = {"get_logger": get_logger}
+    namespace: dict[str, Any] = {"get_logger": get_logger}
     exec(code, namespace)
     assert namespace["logger"].name == "train_script"
 

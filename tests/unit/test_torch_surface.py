@@ -72,7 +72,12 @@ def test_class_annotations():
 
 def test_constructor_stores_arguments_without_calling_the_callback():
     calls = []
-    server = HealthCheckServer(lambda: calls.append(1) or 0, 29500, 60)
+
+    def callback() -> int:
+        calls.append(1)
+        return 0
+
+    server = HealthCheckServer(callback, 29500, 60)
     assert (server._port, server._timeout) == (29500, 60)
     assert server._alive_callback is server.alive_callback
     assert calls == []

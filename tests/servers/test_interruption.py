@@ -1,0 +1,174 @@
+"""start() is all or nothing under interruption, and a fork at any moment is harmless.
+
+Both are tested at every line the package executes in start() (and stop()), with a
+tracer: one raises there, as a signal handler would (torch's agent raises on SIGTERM);
+the other holds the thread there while another thread forks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from elastic_healthcheck import HTTPHealthCheckServer
+
+from .conftest import answers_alive
+
+PACKAGE = str(Path(HTTPHealthCheckServer.__module__.replace(".", "/")).parent)
+
+
+class Interrupt(Exception):
+    """What a signal handler raises (torch's SignalException is an Exception too)."""
+
+
+def _tracer(on_line):
+    """Call ``on_line(count)`` at each line executed in the package; count from 0."""
+    count = [0]
+
+    def local(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+            on_line(count[0] - 1)
+        return local
+
+    def global_(frame, event, arg):
+        return local if PACKAGE in frame.f_code.co_filename else None
+
+    return global_, count
+
+
+def _run_traced(tracer, call):
+    previous = sys.gettrace()  # coverage's, when measured: put it back after
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+
+
+def _lines_of(call) -> int:
+    tracer, count = _tracer(lambda index: None)
+    _run_traced(tracer, call)
+    return int(count[0])
+
+
+def _ours() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("elastic-healthcheck")]
+
+
+def test_start_interrupted_at_any_line_leaves_nothing_and_stop_then_start_work(kind, factory):
+    """Started and serving, or no thread, no socket, no half state; then stop() and start()."""
+    first = factory()
+    lines = _lines_of(first.start)
+    port = first.port
+    first.stop()
+    assert lines > 20
+    for index in range(lines):
+        server = factory(port=port)
+
+        def interrupt(at: int, index: int = index) -> None:
+            if at == index:
+                raise Interrupt(index)
+
+        tracer, _count = _tracer(interrupt)
+        try:
+            _run_traced(tracer, server.start)
+        except Interrupt:
+            if server.is_running:  # interrupted after the commit: started, and serving
+                assert answers_alive(kind, port), index
+                server.stop()
+            assert server._engine is None, index
+            assert not _ours(), index
+            with socket.create_server(("127.0.0.1", port)):
+                pass  # the port is free
+        server.stop()  # never raises, whatever state start() left
+        server.start()
+        assert answers_alive(kind, port)
+        server.stop()
+
+
+def _listening_fds() -> list[int]:
+    """Listening sockets this process holds (read in the child)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket
+        with sock:
+            try:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+def _wait_child(pid: int, deadline: float) -> int:
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.005)  # a child process has no event to wait on with a deadline
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child deadlocked")
+
+
+def _fork_at(server, operation: str, index: int) -> int | None:
+    """Run ``operation`` in a thread, hold it at line ``index``, fork; the child's status."""
+    at_line, forked = threading.Event(), threading.Event()
+
+    def hold(at: int) -> None:
+        if at == index:
+            at_line.set()
+            forked.wait(10)
+
+    tracer, _count = _tracer(hold)
+    thread = threading.Thread(target=_run_traced, args=(tracer, getattr(server, operation)))
+    thread.start()
+    try:
+        if not at_line.wait(10):
+            return None  # this run took a shorter path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: on purpose
+            pid = os.fork()
+        if pid == 0:  # the child: stop() must return, and no listening socket may be left
+            signal.alarm(5)  # a deadlock ends the child with SIGALRM
+            try:
+                server.stop()
+                os._exit(10 + len(_listening_fds()))
+            except BaseException:
+                os._exit(3)
+    finally:
+        forked.set()
+        thread.join(10)
+    return _wait_child(pid, time.monotonic() + 10)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/fd")
+@pytest.mark.parametrize("operation", ["start", "stop"])
+def test_fork_at_any_line_never_deadlocks_nor_holds_the_port(server_factory, operation):
+    probe_server = server_factory()
+    if operation == "stop":
+        probe_server.start()
+    lines = _lines_of(getattr(probe_server, operation))
+    probe_server.stop()
+    for index in range(lines):
+        server = server_factory()
+        if operation == "stop":
+            server.start()
+        status = _fork_at(server, operation, index)
+        server.stop()
+        if status is None:
+            continue
+        assert os.WIFEXITED(status), f"line {index}: child ended by signal {status & 0x7F}"
+        assert os.WEXITSTATUS(status) == 10, f"line {index}: child exit {os.WEXITSTATUS(status)}"
