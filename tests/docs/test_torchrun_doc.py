@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ def examples() -> list[re.Match[str]]:
     return list(EXAMPLE.finditer(DOC.read_text(encoding="utf-8")))
 
 
-def snapshot(record: dict, started: float) -> RankSnapshot:
+def snapshot(record: dict[str, Any], started: float) -> RankSnapshot:
     state, age = record["state"], record["age"]
     inside = record["in_collective"]
     return RankSnapshot(
