@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..servers.client import request
 from .launch import Launch, Observation
 
 pytestmark = pytest.mark.torch
@@ -99,9 +100,11 @@ def test_a_skewed_start_never_answers_503():
 def test_a_hang_in_compute_is_seen_in_time_and_blamed_on_that_rank_alone(trial):
     """No beat() in the script: optimizer.step() is the only progress. Rank 1 hangs in
     compute at step 15; rank 0 then really waits inside gloo's all_reduce for it."""
+    debug = trial == 1  # the debug endpoint is on in one trial, off in the other
     launch = Launch(
         script="steps.py",
         timeout=TIMEOUT,
+        health=("--health-debug",) if debug else (),
         HANG_RANK="1",
         HANG_STEP="15",
         STEPS="1000000",
@@ -114,6 +117,7 @@ def test_a_hang_in_compute_is_seen_in_time_and_blamed_on_that_rank_alone(trial):
         log_deadline = first_dead.at + 2.0 + SLACK
         launch.wait_for(lambda o: "stuck_in_compute" in launch.stderr(), timeout=10)
         stacks_logged = next(t for t, line in launch.err_lines if "stuck_in_compute" in line)
+        page = request(launch.port, "/debug/ranks")
     finally:
         launch.stop()
         launch.wait()
@@ -134,6 +138,14 @@ def test_a_hang_in_compute_is_seen_in_time_and_blamed_on_that_rank_alone(trial):
     log = launch.stderr()
     assert log.count("Local rank 1 (rank 1, pid") == 1, log[-4000:]
     assert "inside all_reduce" in log  # rank 0's line says where it waits
+    if debug:  # the same stacks on the network, as text
+        assert page.status == 200, page
+        assert page.header("content-type") == "text/plain; charset=utf-8"
+        text = page.body.decode()
+        assert "verdict: dead" in text and "--- local rank 1 ---" in text
+        assert "stuck_in_compute" in text and '"suspect_ranks"' not in text
+    else:  # stacks name code paths: off the network unless asked for
+        assert page.status == 404
 
 
 def test_a_sub_second_timeout_follows_the_ranks():
