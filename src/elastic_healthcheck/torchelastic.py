@@ -8,13 +8,18 @@ is closed for the length of each rendezvous, and open source builds a no-op anyw
 * one listener for the agent's whole life, up at once (before the first rendezvous) and
   kept through every restart and rendezvous. The agent's stop/create/start cycle swaps
   what the server reports, never the socket;
-* the verdict follows what the agent is doing. While it starts, rendezvous, restarts or
-  waits in the exit barrier, it is making progress of its own, and answers alive. While
-  workers run, the verdict follows the agent's own alive callback (torch's) and, once
-  ranks call :func:`elastic_healthcheck.worker.beat`, the slowest local rank. A rank
-  counts from its first beat (before that the agent decides: startup grace), and stops
-  counting when it exits normally;
-* the JSON body and ``/metrics`` show the phase and each local rank's age.
+* every local rank is accounted for from its worker's spawn: the patched
+  ``start_processes`` creates each rank's record (:mod:`._rankrecord`) and starts the
+  worker through the bootstrap (:mod:`._bootstrap`), which counts optimizer steps as
+  progress and notes collectives, with no change to the training script;
+* the verdict (:mod:`._groupverdict`) follows what the agent is doing: while it starts,
+  rendezvous, restarts or waits in the exit barrier it answers alive; while workers run,
+  it judges every local rank, gives ranks that have not progressed yet a startup
+  deadline, and blames a rank only when it can be told;
+* on the agent's monitor tick, a verdict that turns dead has its stalled ranks' stacks
+  captured and logged once (:mod:`._hangwatch`), and with ``on_hang="restart"`` the hung
+  worker group is ended so that torchrun restarts it;
+* the JSON body and ``/metrics`` show the phase, every rank's state and the suspects.
 
 A bind failure is logged as an error naming host and port, and training goes on without
 a health server: a health check must never be what ends a training job.
@@ -28,10 +33,8 @@ a health server: a health check must never be what ends a training job.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -39,22 +42,19 @@ import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
-from ._groupverdict import group_status
+from ._agentstate import AgentState, GroupView
+from ._hangwatch import HANG_GRACE, HangWatch, end_processes
 from ._rankrecord import (
     ENV_DIR,
     ENV_LOCAL_RANK,
     ENV_STACK_SIGNAL,
-    FLAG_STACKS,
-    RankSnapshot,
     create_record,
-    read_record,
     record_path,
-    stack_path,
 )
-from ._stacks import STACK_SIGNAL, capture_stack
+from ._stacks import STACK_SIGNAL
 from .health_check_server import HealthCheckServer
 from .logging import get_logger
-from .status import HealthStatus, Verdict, evaluate
+from .status import HealthStatus
 
 __all__ = [
     "DEFAULT_STARTUP_TIMEOUT",
@@ -85,8 +85,6 @@ ENV_ON_HANG = "ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG"  # report (default) or rest
 # gloo) is 30 minutes, so a first step that takes longer fails in torch anyway.
 DEFAULT_STARTUP_TIMEOUT = 1800.0
 ON_HANG = ("report", "restart")
-HANG_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a hung worker group
-STACK_DEADLINE = 2.0  # seconds to collect every stalled rank's stacks
 BOOTSTRAP_MODULE = "elastic_healthcheck._bootstrap"
 
 # The torch internals the integration uses, all in one place, and the versions whose
@@ -107,7 +105,6 @@ TORCH_INTERNALS = (
 PROVEN_TORCH = ("2.13.0",)
 
 DEFAULT_KIND = "http"
-TORCH_TIMEOUT = 60.0  # what LocalElasticAgent passes to create_healthcheck_server
 
 PHASES = ("starting", "rendezvous", "running", "restarting", "exit_barrier", "stopped")
 
@@ -118,144 +115,6 @@ _MISSING_TORCH = (
 
 _lock = threading.Lock()
 _installed: Integration | None = None
-
-
-class _Group:
-    """The current worker group as the agent spawned it (replaced whole, never mutated)."""
-
-    __slots__ = ("local_ranks", "pids", "start")
-
-    def __init__(
-        self, start: float, local_ranks: tuple[str, ...], pids: Mapping[str, int] | None = None
-    ) -> None:
-        self.start = start
-        self.local_ranks = local_ranks
-        self.pids: Mapping[str, int] = pids or {}
-
-
-class _AgentState:
-    """What the agent is doing and how its ranks progress; the server's status source.
-
-    Read on the server's callback thread, written by the agent's main thread: every field
-    is replaced whole, never mutated, so a reader sees one value or the next.
-    """
-
-    def __init__(self, rank_dir: str, timeout: float | None, startup_timeout: float) -> None:
-        self.rank_dir = rank_dir
-        self.phase = "starting"
-        self.callback: Callable[[], object] | None = None
-        self.override_timeout = timeout
-        self.torch_timeout = TORCH_TIMEOUT
-        self.startup_timeout = startup_timeout
-        self.group: _Group | None = None
-        self.run_id: str | None = None
-        self.restarts = 0
-        self.hang_restarts = 0
-        self.last_hang_restart: Mapping[str, object] | None = None
-
-    @property
-    def timeout(self) -> float:
-        return self.override_timeout if self.override_timeout is not None else self.torch_timeout
-
-    def snapshots(self) -> dict[str, RankSnapshot]:
-        """Local rank -> its record, for every rank of the current group."""
-        group = self.group
-        if group is None:
-            return {}
-        found: dict[str, RankSnapshot] = {}
-        for rank in group.local_ranks:
-            snapshot = read_record(record_path(self.rank_dir, rank))
-            found[rank] = snapshot if snapshot is not None else RankSnapshot(spawn_time=group.start)
-        return found
-
-    def exited(self) -> frozenset[str]:
-        """Local ranks whose worker process is gone."""
-        group = self.group
-        if group is None:
-            return frozenset()
-        return frozenset(rank for rank, pid in group.pids.items() if _process_gone(pid))
-
-    def clear_ranks(self) -> None:
-        """Forget the previous worker group's records and stacks."""
-        try:
-            entries = list(os.scandir(self.rank_dir))
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name.startswith(("rank-", "stack-")):
-                try:
-                    os.unlink(entry.path)
-                except OSError:
-                    pass
-
-    def __call__(self) -> float:
-        """The combined last progress time: a plain alive_callback for any server kind."""
-        status = self.status()
-        if status.last_progress is None:
-            raise RuntimeError(status.reason or "no progress time")
-        if not status.alive:
-            # A plain callback can only say "this long ago": make it old enough to be dead.
-            return min(status.last_progress, time.time() - status.timeout - 1.0)
-        return status.last_progress
-
-    def extra(self) -> dict[str, object]:
-        extra: dict[str, object] = {"restarts": self.restarts, "hang_restarts": self.hang_restarts}
-        if self.run_id is not None:
-            extra["run_id"] = self.run_id
-        if self.last_hang_restart is not None:
-            extra["last_hang_restart"] = dict(self.last_hang_restart)
-        return extra
-
-    def status(self, now: float | None = None) -> HealthStatus:
-        """The verdict: the phase's, or while running the ranks' (see _groupverdict)."""
-        phase, callback, timeout, group = self.phase, self.callback, self.timeout, self.group
-        if now is None:
-            now = time.time()
-        agent_last: float | None = None
-        if phase == "running" and callback is not None:
-            # No callback: the agent did not ask for a server (no TORCHELASTIC_HEALTH_CHECK_PORT
-            # in its environment); the ranks still count.
-            try:
-                value = callback()
-            except Exception as exc:
-                status = HealthStatus.unknown(
-                    timeout, f"agent callback raised {type(exc).__name__}"
-                )
-                return status.with_detail({"phase": phase, **self.extra()})
-            checked = evaluate(value, timeout, now)
-            if checked.verdict is Verdict.UNKNOWN or checked.last_progress is None:
-                return checked.with_detail({"phase": phase, **self.extra()})
-            agent_last = checked.last_progress
-        return group_status(
-            phase=phase,
-            now=now,
-            timeout=timeout,
-            startup_timeout=self.startup_timeout,
-            group_start=group.start if group is not None else None,
-            ranks=self.snapshots() if phase == "running" else {},
-            exited=self.exited() if phase == "running" else frozenset(),
-            agent_last=agent_last,
-            extra=self.extra(),
-        )
-
-
-def _process_gone(pid: int) -> bool:
-    """Whether a worker process has ended (a zombie counts: torch has not reaped it yet)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            # "pid (comm) S ...": the state follows the last parenthesis.
-            return stat.read().rsplit(b")", 1)[1][1:2] in (b"Z", b"X")
-    except FileNotFoundError:
-        return True
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 class _AgentHandle(HealthCheckServer):
@@ -301,17 +160,18 @@ class Integration:
         self._options = dict(options)
         self._bootstrap = bootstrap
         self._on_hang = on_hang
-        self._state = _AgentState(
+        self._state = AgentState(
             tempfile.mkdtemp(prefix="elastic-healthcheck-ranks-"), timeout, startup_timeout
         )
         self._server: HealthCheckServer | None = None
         self._handle: _AgentHandle | None = None
         self._patches: list[tuple[object, str, object]] = []
         self._environ: dict[str, str | None] = {}
-        self._watch = _HangWatch(self._state)
+        self._watch = HangWatch(self._state)
         # Exceptions a health check must never swallow (torch's SignalException).
         self._passthrough: tuple[type[BaseException], ...] = ()
-        self._ended: _Group | None = None  # the worker group ended for a hang, if any
+        self._ended: GroupView | None = None  # the worker group ended for a hang, if any
+        self._starts = 0  # worker groups started
 
     @property
     def server(self) -> HealthCheckServer | None:
@@ -458,7 +318,7 @@ class Integration:
             )
             if bootstrap:
                 args[rank] = _bootstrap_args(tuple(args[rank]))
-        state.group = _Group(now, local_ranks)
+        state.group = GroupView(now, local_ranks)
         self._watch.new_group()
         kwargs = {**kwargs, "envs": envs, "args": args}
         return original(**kwargs)
@@ -468,7 +328,7 @@ class Integration:
         state = self._state
         group = state.group
         if group is not None and isinstance(pids, Mapping):
-            state.group = _Group(
+            state.group = GroupView(
                 group.start, group.local_ranks, {str(r): int(p) for r, p in pids.items()}
             )
         try:
@@ -477,7 +337,7 @@ class Integration:
             state.run_id = str(run_id)
         except Exception:  # an agent without a rendezvous handler; no run id then
             pass
-        self._starts = getattr(self, "_starts", 0) + 1
+        self._starts += 1
         state.restarts = self._starts - 1
 
     def _monitor(self, agent: object) -> None:
@@ -511,7 +371,7 @@ class Integration:
             "stalled_for": status.age,
             "summary": detail.get("summary"),
         }
-        _end_processes(list(group.pids.values()), HANG_GRACE)
+        end_processes(list(group.pids.values()), HANG_GRACE)
 
     def _patch(self) -> None:
         try:
@@ -627,109 +487,6 @@ def _bootstrap_args(args: tuple[object, ...]) -> tuple[object, ...]:
     else:
         return args
     return (*args[:index], "-m", BOOTSTRAP_MODULE, *args[index:])
-
-
-def _end_processes(pids: list[int], grace: float) -> None:
-    """SIGTERM now, SIGKILL after ``grace`` seconds to those still there (in a thread)."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
-
-    def finish() -> None:
-        deadline = time.monotonic() + grace
-        left = list(pids)
-        while left and time.monotonic() < deadline:
-            left = [pid for pid in left if not _process_gone(pid)]
-            time.sleep(0.05)
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-    threading.Thread(target=finish, name="elastic-healthcheck-end-group", daemon=True).start()
-
-
-class _HangWatch:
-    """Sees the verdict turn dead while running, once per hang; captures and logs stacks."""
-
-    def __init__(self, state: _AgentState) -> None:
-        self._state = state
-        self._dead = False
-        self._stacks: dict[str, str] = {}
-        self._captured_at: float | None = None
-
-    def new_group(self) -> None:
-        self._dead = False
-
-    def observe(self, status: HealthStatus) -> bool:
-        """True once when the running verdict turns dead (stacks captured and logged)."""
-        dead = status.verdict is Verdict.DEAD
-        turned = dead and not self._dead
-        self._dead = dead
-        if turned:
-            self._capture(status)
-        return turned
-
-    def _capture(self, status: HealthStatus) -> None:
-        detail = status.detail or {}
-        ranks = detail.get("ranks")
-        if not isinstance(ranks, Mapping):
-            return
-        deadline = time.monotonic() + STACK_DEADLINE
-        stacks: dict[str, str] = {}
-        for rank, info in ranks.items():
-            if not isinstance(info, Mapping) or info.get("state") not in ("stalled", "starting"):
-                continue
-            snapshot = read_record(record_path(self._state.rank_dir, rank))
-            if (
-                snapshot is None
-                or not snapshot.flags & FLAG_STACKS  # no handler: the signal would kill it
-                or snapshot.exited
-                or not snapshot.pid
-            ):
-                stacks[rank] = "(no stack: the worker did not start through the bootstrap)\n"
-                continue
-            text = capture_stack(snapshot.pid, stack_path(self._state.rank_dir, rank), deadline)
-            stacks[rank] = text if text else "(no stack: the worker did not answer in time)\n"
-        self._stacks, self._captured_at = stacks, time.time()
-        for rank, text in stacks.items():
-            info = ranks[rank]
-            assert isinstance(info, Mapping)
-            log.warning(
-                "Local rank %s (rank %s, pid %s) is %s: no progress for %.1f s%s; %s. "
-                "Its Python stacks:\n%s",
-                rank,
-                info.get("rank"),
-                info.get("pid"),
-                info.get("state"),
-                info.get("age") or 0.0,
-                f", inside {info['in_collective']}" if info.get("in_collective") else "",
-                detail.get("summary", ""),
-                text.rstrip("\n"),
-            )
-
-    def report(self, status: HealthStatus) -> str:
-        """Plain text: the verdict's summary, each rank's line, the latest stacks."""
-        detail = status.detail or {}
-        lines = [f"verdict: {status.verdict.value}", f"phase: {detail.get('phase')}"]
-        if "summary" in detail:
-            lines.append(f"summary: {detail['summary']}")
-        ranks = detail.get("ranks")
-        if isinstance(ranks, Mapping):
-            for rank, info in ranks.items():
-                lines.append(f"local rank {rank}: {json.dumps(info, sort_keys=True)}")
-        if self._captured_at is None:
-            lines.append("stacks: none captured yet (they are taken when the verdict turns dead)")
-        else:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._captured_at))
-            lines.append(f"stacks captured at {stamp}:")
-            for rank, text in self._stacks.items():
-                lines.append(f"--- local rank {rank} ---")
-                lines.append(text.rstrip("\n"))
-        return "\n".join(lines) + "\n"
 
 
 def install(

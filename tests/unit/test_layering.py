@@ -39,6 +39,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "_cli",
             "worker",
             "_bootstrap",
+            "_agentstate",
+            "_hangwatch",
             "torchelastic",
             "__init__",
             "__main__",

@@ -1,0 +1,158 @@
+"""What the torch agent is doing and how its local ranks progress: the server's status source.
+
+The agent's main thread writes it (phase, the current worker group, counters); the
+server's callback thread reads it. Every field is replaced whole, never mutated, so a
+reader sees one value or the next. The verdict itself is :mod:`._groupverdict`'s.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+
+from ._groupverdict import group_status
+from ._rankrecord import RankSnapshot, read_record, record_path
+from .status import HealthStatus, Verdict, evaluate
+
+__all__ = ["TORCH_TIMEOUT", "AgentState", "GroupView", "process_gone"]
+
+TORCH_TIMEOUT = 60.0  # what LocalElasticAgent passes to create_healthcheck_server
+
+
+class GroupView:
+    """The current worker group as the agent spawned it (replaced whole, never mutated)."""
+
+    __slots__ = ("local_ranks", "pids", "start")
+
+    def __init__(
+        self, start: float, local_ranks: tuple[str, ...], pids: Mapping[str, int] | None = None
+    ) -> None:
+        self.start = start
+        self.local_ranks = local_ranks
+        self.pids: Mapping[str, int] = pids or {}
+
+
+class AgentState:
+    """What the agent is doing and how its ranks progress; the server's status source.
+
+    Read on the server's callback thread, written by the agent's main thread: every field
+    is replaced whole, never mutated, so a reader sees one value or the next.
+    """
+
+    def __init__(self, rank_dir: str, timeout: float | None, startup_timeout: float) -> None:
+        self.rank_dir = rank_dir
+        self.phase = "starting"
+        self.callback: Callable[[], object] | None = None
+        self.override_timeout = timeout
+        self.torch_timeout = TORCH_TIMEOUT
+        self.startup_timeout = startup_timeout
+        self.group: GroupView | None = None
+        self.run_id: str | None = None
+        self.restarts = 0
+        self.hang_restarts = 0
+        self.last_hang_restart: Mapping[str, object] | None = None
+
+    @property
+    def timeout(self) -> float:
+        return self.override_timeout if self.override_timeout is not None else self.torch_timeout
+
+    def snapshots(self) -> dict[str, RankSnapshot]:
+        """Local rank -> its record, for every rank of the current group."""
+        group = self.group
+        if group is None:
+            return {}
+        found: dict[str, RankSnapshot] = {}
+        for rank in group.local_ranks:
+            snapshot = read_record(record_path(self.rank_dir, rank))
+            found[rank] = snapshot if snapshot is not None else RankSnapshot(spawn_time=group.start)
+        return found
+
+    def exited(self) -> frozenset[str]:
+        """Local ranks whose worker process is gone."""
+        group = self.group
+        if group is None:
+            return frozenset()
+        return frozenset(rank for rank, pid in group.pids.items() if process_gone(pid))
+
+    def clear_ranks(self) -> None:
+        """Forget the previous worker group's records and stacks."""
+        try:
+            entries = list(os.scandir(self.rank_dir))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(("rank-", "stack-")):
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    pass
+
+    def __call__(self) -> float:
+        """The combined last progress time: a plain alive_callback for any server kind."""
+        status = self.status()
+        if status.last_progress is None:
+            raise RuntimeError(status.reason or "no progress time")
+        if not status.alive:
+            # A plain callback can only say "this long ago": make it old enough to be dead.
+            return min(status.last_progress, time.time() - status.timeout - 1.0)
+        return status.last_progress
+
+    def extra(self) -> dict[str, object]:
+        extra: dict[str, object] = {"restarts": self.restarts, "hang_restarts": self.hang_restarts}
+        if self.run_id is not None:
+            extra["run_id"] = self.run_id
+        if self.last_hang_restart is not None:
+            extra["last_hang_restart"] = dict(self.last_hang_restart)
+        return extra
+
+    def status(self, now: float | None = None) -> HealthStatus:
+        """The verdict: the phase's, or while running the ranks' (see _groupverdict)."""
+        phase, callback, timeout, group = self.phase, self.callback, self.timeout, self.group
+        if now is None:
+            now = time.time()
+        agent_last: float | None = None
+        if phase == "running" and callback is not None:
+            # No callback: the agent did not ask for a server (no TORCHELASTIC_HEALTH_CHECK_PORT
+            # in its environment); the ranks still count.
+            try:
+                value = callback()
+            except Exception as exc:
+                status = HealthStatus.unknown(
+                    timeout, f"agent callback raised {type(exc).__name__}"
+                )
+                return status.with_detail({"phase": phase, **self.extra()})
+            checked = evaluate(value, timeout, now)
+            if checked.verdict is Verdict.UNKNOWN or checked.last_progress is None:
+                return checked.with_detail({"phase": phase, **self.extra()})
+            agent_last = checked.last_progress
+        return group_status(
+            phase=phase,
+            now=now,
+            timeout=timeout,
+            startup_timeout=self.startup_timeout,
+            group_start=group.start if group is not None else None,
+            ranks=self.snapshots() if phase == "running" else {},
+            exited=self.exited() if phase == "running" else frozenset(),
+            agent_last=agent_last,
+            extra=self.extra(),
+        )
+
+
+def process_gone(pid: int) -> bool:
+    """Whether a worker process has ended (a zombie counts: torch has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) S ...": the state follows the last parenthesis.
+            return stat.read().rsplit(b")", 1)[1][1:2] in (b"Z", b"X")
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
