@@ -159,7 +159,15 @@ def prometheus(tmp_path: Path, server_factory) -> Iterator[Prometheus]:
 
 
 def test_rules_name_the_culprit_and_every_dashboard_query_answers(prometheus):
-    (culprit,) = prometheus.wait_for(
+    # The rules run every second from the first scrape on; wait until they have seen every
+    # node (before that, a rule evaluated on some of the nodes can be right about those).
+    prometheus.wait_for(
+        f"training_job:elastic_healthcheck_ranks_stalled_in_collective:count == {NODES * RANKS - 1}"
+    )
+    prometheus.wait_for(
+        'training_job_rank:elastic_healthcheck_culprit:progress_age_seconds{pod="llama-worker-3"}'
+    )
+    (culprit,) = prometheus.query(
         "training_job_rank:elastic_healthcheck_culprit:progress_age_seconds"
     )
     assert {k: culprit["metric"][k] for k in ("pod", "local_rank", "rank")} == {
