@@ -142,13 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="torchrun, with a real health-check server for its elastic agent",
         allow_abbrev=False,
         usage=f"{PROG} torchrun [--health-port PORT] [--health-host HOST] [--health-kind KIND] "
-        "[--health-timeout SECONDS] TORCHRUN_ARGUMENTS ...",
+        "[--health-timeout SECONDS] [--health-startup-timeout SECONDS] "
+        "[--health-on-hang {report,restart}] [--health-debug] [--health-no-bootstrap] "
+        "TORCHRUN_ARGUMENTS ...",
         description=(
             "Run torchrun with its arguments as given, exit codes and signals included, while "
             "its elastic agent serves health checks on one listener kept across restarts "
             "(see elastic_healthcheck.torchelastic). The --health-* options come first; "
-            "everything after them goes to torchrun (see torchrun --help). Workers report "
-            "progress with elastic_healthcheck.worker.beat()."
+            "everything after them goes to torchrun (see torchrun --help). Workers start "
+            "through a bootstrap that counts optimizer steps as progress and notes "
+            "collectives; elastic_healthcheck.worker.beat() reports progress too."
         ),
     )
     _add_torchrun_options(torchrun)

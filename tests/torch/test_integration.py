@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -15,6 +16,8 @@ from elastic_healthcheck import HealthCheckServer, torchelastic
 from elastic_healthcheck._rankrecord import RankRecord, record_path
 
 from ..servers.client import request
+
+BOOTSTRAP = "elastic_healthcheck._bootstrap"
 
 PATCHED = [
     (local_elastic_agent, "create_healthcheck_server"),
@@ -136,4 +139,71 @@ def test_port_in_use_is_logged_and_not_raised(caplog):
 def test_bad_timeout_variable_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT='soon'"):
+        torchelastic.install()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("-u", "train.py", "--lr", "1"), ("-u", "-m", BOOTSTRAP, "train.py", "--lr", "1")),
+        (("-u", "-m", "pkg.train", "x"), ("-u", "-m", BOOTSTRAP, "-m", "pkg.train", "x")),
+        (("train.py",), ("-m", BOOTSTRAP, "train.py")),
+        (("-u", "-c", "print(1)"), ("-u", "-c", "print(1)")),  # a command string: as is
+        (("-u",), ("-u",)),  # nothing to run: as is
+    ],
+)
+def test_worker_arguments_go_through_the_bootstrap(args, expected):
+    assert torchelastic._bootstrap_args(args) == expected
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "is_python"),
+    [(sys.executable, True), ("/usr/bin/python3.11", True), ("/job/train.sh", False)],
+)
+def test_only_a_python_entrypoint_gets_the_bootstrap(entrypoint, is_python):
+    """--no-python runs the script itself: it is started exactly as plain torchrun does."""
+    assert torchelastic._is_python(entrypoint) is is_python
+
+
+def test_spawned_workers_get_their_record_and_environment(integration):
+    captured = {}
+    integration._spawn(
+        lambda **kwargs: captured.update(kwargs),
+        {
+            "envs": {0: {"RANK": "0"}, 1: {"RANK": "1"}},
+            "args": {0: ("-u", "t.py"), 1: ("-u", "t.py")},
+            "entrypoint": sys.executable,
+        },
+    )
+    assert captured["args"][1] == ("-u", "-m", BOOTSTRAP, "t.py")
+    env = captured["envs"][1]
+    assert env["RANK"] == "1"
+    assert env["ELASTIC_HEALTHCHECK_WORKER_LOCAL_RANK"] == "1"
+    assert env["ELASTIC_HEALTHCHECK_WORKER_DIR"] == integration.rank_dir
+    assert int(env["ELASTIC_HEALTHCHECK_WORKER_STACK_SIGNAL"]) > 0
+    assert os.path.exists(record_path(integration.rank_dir, 1))
+
+
+def test_without_the_bootstrap_workers_start_as_plain_torchrun_starts_them():
+    captured = {}
+    with torchelastic.install(host="127.0.0.1", bootstrap=False) as integration:
+        integration._spawn(
+            lambda **kwargs: captured.update(kwargs),
+            {"envs": {0: {}}, "args": {0: ("-u", "t.py")}, "entrypoint": sys.executable},
+        )
+        assert os.path.exists(record_path(integration.rank_dir, 0))  # still accounted for
+    assert captured["args"][0] == ("-u", "t.py")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("ELASTIC_HEALTHCHECK_TORCHRUN_STARTUP_TIMEOUT", "soon", "is not a number of seconds"),
+        ("ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG", "reboot", "is not one of report, restart"),
+        ("ELASTIC_HEALTHCHECK_TORCHRUN_BOOTSTRAP", "maybe", "is not 0 or 1"),
+    ],
+)
+def test_bad_torchrun_variables_are_clear_errors(monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=f"{variable}='{value}' {message}"):
         torchelastic.install()

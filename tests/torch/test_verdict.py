@@ -8,6 +8,8 @@ JSON body (states, blame, summary) and the agent's log (the hung rank's stacks).
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from ..servers.client import request
@@ -175,3 +177,24 @@ def test_a_sub_second_timeout_follows_the_ranks():
     ]
     assert first_dead.at <= hung + timeout + SLACK
     assert first_dead.detail["suspect_ranks"] == ["1"]
+
+
+def test_no_python_workers_are_accounted_for_and_report_with_beat():
+    """--no-python: the entrypoint is not Python, so it starts as plain torchrun starts it;
+    its ranks still count from their spawn, and beat() reports their progress."""
+    launch = Launch(
+        "--no-python",
+        script="beats.sh",
+        timeout=TIMEOUT,
+        TEST_PYTHON=sys.executable,
+        TRAIN_SECONDS="3",
+    )
+    assert launch.port, launch.first_line
+    launch.probe_until_exit()
+    code, _, err = launch.wait()
+    assert code == 0, err[-3000:]
+    seen = [o for o in launch.observations if running(o)]
+    assert any({r["state"] for r in o.detail["ranks"].values()} == {"progressing"} for o in seen), [
+        o.detail for o in seen
+    ][:3]
+    assert all(o.status == 200 for o in launch.observations if o.status is not None)
