@@ -58,7 +58,13 @@ def measure(command: list[str], cap: float) -> tuple[float | None, float | None]
             if hung is not None and resumed is None and time.time() - hung > cap:
                 break
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            # SIGTERM first: torchrun then ends its workers, which run in sessions of their
+            # own and would outlive a SIGKILL to torchrun's process group.
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         ended = time.time()
     if hung is None:
