@@ -29,12 +29,13 @@ STACK_DEADLINE = 2.0  # seconds to collect every stalled rank's stacks
 
 
 def end_processes(pids: list[int], grace: float) -> None:
-    """SIGTERM now, SIGKILL after ``grace`` seconds to those still there (in a thread)."""
+    """SIGTERM now, SIGKILL after ``grace`` seconds to those still there (in a thread).
+
+    torch starts each worker in a session of its own and ends it with ``killpg``, so that
+    its children (DataLoader workers) go too; so do we.
+    """
     for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
+        _signal(pid, signal.SIGTERM)
 
     def finish() -> None:
         deadline = time.monotonic() + grace
@@ -43,12 +44,19 @@ def end_processes(pids: list[int], grace: float) -> None:
             left = [pid for pid in left if not process_gone(pid)]
             time.sleep(0.05)
         for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            _signal(pid, signal.SIGKILL)
 
     threading.Thread(target=finish, name="elastic-healthcheck-end-group", daemon=True).start()
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except OSError:
+        pass  # gone already
 
 
 class HangWatch:
