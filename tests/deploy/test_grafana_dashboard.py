@@ -12,30 +12,14 @@ import pytest
 from elastic_healthcheck._prometheus import render_metrics
 from elastic_healthcheck.status import evaluate
 
+from ..detail_sample import torchrun_detail
 from .conftest import DEPLOY
 
 DASHBOARD = DEPLOY / "grafana" / "elastic-healthcheck.json"
 RULES = DEPLOY / "prometheus" / "elastic-healthcheck.rules.yml"
 
 # Everything /metrics can expose: the torch integration's full detail shape.
-FULL_DETAIL = {
-    "phase": "running",
-    "run_id": "job-42",
-    "restarts": 1,
-    "hang_restarts": 0,
-    "ranks": {
-        "0": {
-            "state": "stalled",
-            "age": 75.0,
-            "rank": 0,
-            "steps": 3,
-            "collectives": 5,
-            "in_collective": "all_reduce",
-            "collective_age": 75.0,
-        }
-    },
-    "suspect_ranks": ["0"],
-}
+FULL_DETAIL = torchrun_detail()
 
 # PromQL words that are not series names: aggregations, functions, keywords.
 _KEYWORDS = {

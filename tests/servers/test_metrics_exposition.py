@@ -10,35 +10,10 @@ import pytest
 
 from elastic_healthcheck.status import HealthStatus, evaluate
 
+from ..detail_sample import torchrun_detail
 from .client import request
 
-DETAIL = {
-    "phase": "running",
-    "run_id": "job-42",
-    "restarts": 1,
-    "hang_restarts": 0,
-    "ranks": {
-        "0": {
-            "state": "stalled",
-            "age": 75.5,
-            "rank": 6,
-            "steps": 120,
-            "collectives": 240,
-            "in_collective": "all_reduce",
-            "collective_age": 75.0,
-        },
-        "1": {
-            "state": "stalled",
-            "age": 80.25,
-            "rank": 7,
-            "steps": 120,
-            "collectives": 239,
-            "in_collective": None,
-            "collective_age": None,
-        },
-    },
-    "suspect_ranks": ["1"],
-}
+DETAIL = torchrun_detail()
 
 
 @pytest.fixture
