@@ -37,13 +37,24 @@ from collections.abc import Mapping
 from ._rankrecord import RankSnapshot
 from .status import HealthStatus, Verdict, evaluate
 
-__all__ = ["RANK_STATES", "group_status", "rank_state"]
+__all__ = ["RANK_STATES", "activity", "group_status", "rank_state"]
 
 RANK_STATES = ("starting", "progressing", "waiting", "stalled", "exited")
 
 # torch's agent callback returns whole epoch seconds (int(time.time())): allow it one
 # second of rounding, so that a sub-second timeout follows the ranks, not the clock's tick.
 AGENT_CALLBACK_ROUNDING = 1.0
+
+
+def activity(snapshot: RankSnapshot) -> float:
+    """A rank's last sign of life: its last progress, or leaving a collective after it.
+
+    Leaving a collective is not progress (a rank released from a ``barrier`` during its
+    startup has not started training), but a rank that has made progress and has just
+    been released from a collective is not hung: between the release and its next
+    optimizer step it must not be taken for a stalled rank.
+    """
+    return max(snapshot.progress_time, snapshot.left_time)
 
 
 def rank_state(snapshot: RankSnapshot, exited: bool, timeout: float, now: float) -> str:
@@ -55,25 +66,31 @@ def rank_state(snapshot: RankSnapshot, exited: bool, timeout: float, now: float)
         return "exited"
     if not snapshot.progress_time:
         return "starting"
-    return "progressing" if now - snapshot.progress_time <= timeout else "stalled"
+    return "progressing" if now - activity(snapshot) <= timeout else "stalled"
 
 
 def _excused(rank: str, ranks: Mapping[str, RankSnapshot], states: Mapping[str, str]) -> bool:
     """A stalled rank waits, not hangs: it is inside its n-th collective and a local peer
-    that is starting or progressing has entered fewer than n, so is still on its way to
-    it (the slow rank of a skewed start that has just taken its first step)."""
+    that is starting or progressing has not passed it: it has entered fewer than n (it is
+    still on its way, like the slow rank of a skewed start that has just taken its first
+    step), or is inside the n-th too (the collective is about to release them both)."""
     snapshot = ranks[rank]
     if not snapshot.in_collective:
         return False
     return any(
-        states[peer] in ("starting", "progressing") and ranks[peer].entered < snapshot.entered
+        states[peer] in ("starting", "progressing")
+        and (
+            ranks[peer].entered < snapshot.entered
+            or (ranks[peer].entered == snapshot.entered and ranks[peer].in_collective)
+        )
         for peer in ranks
         if peer != rank
     )
 
 
 def _age(snapshot: RankSnapshot, now: float) -> float:
-    since = snapshot.progress_time or snapshot.spawn_time
+    """Seconds since its last sign of life, or since its spawn while it is starting."""
+    since = activity(snapshot) if snapshot.progress_time else snapshot.spawn_time
     return round(max(0.0, now - since), 3)
 
 
@@ -119,8 +136,8 @@ def _blame(
             f"{_names(behind)} entered {fewest} collectives, its stalled peers up to "
             f"{max(counts.values())}: they wait in a collective it has not reached"
         )
-    newest = max(s.progress_time for s in active.values())
-    lagging = [r for r in stalled if newest - snap[r].progress_time > timeout]
+    newest = max(activity(s) for s in active.values())
+    lagging = [r for r in stalled if newest - activity(snap[r]) > timeout]
     if lagging and len(lagging) < len(active):
         verb = "lags its" if len(lagging) == 1 else "lag their"
         return lagging, f"{_names(lagging)} {verb} peers' progress by more than {timeout:g} s"
@@ -188,7 +205,11 @@ def group_status(
         {r: "waiting" for r in order if states[r] == "stalled" and _excused(r, ranks, states)}
     )
     detail["ranks"] = {r: _describe(ranks[r], states[r], now) for r in order}
-    progress = {r: s.progress_time for r, s in ranks.items() if states[r] != "exited"}
+    progress = {
+        r: activity(s) if s.progress_time else 0.0
+        for r, s in ranks.items()
+        if states[r] != "exited"
+    }
     if progress:
         detail["slowest_rank"] = min(progress, key=lambda r: (progress[r], int(r)))
     starting = [r for r in order if states[r] == "starting"]
@@ -213,7 +234,7 @@ def group_status(
         detail["suspect_ranks"] = []
         detail["summary"] = "every local rank has exited"
         return evaluate(now, timeout, now).with_detail(detail)
-    oldest = min(s.progress_time for s in active.values())
+    oldest = min(activity(s) for s in active.values())
     status = evaluate(oldest, timeout, now)
     stalled = [r for r in active if states[r] == "stalled"]
     if not stalled:
@@ -227,7 +248,7 @@ def group_status(
                 f"{'it has' if len(moving) == 1 else 'they have'} not reached yet"
             )
             # The group moves: its age is that of its most recent progress.
-            newest = max(active[r].progress_time for r in moving)
+            newest = max(activity(active[r]) for r in moving)
             return evaluate(newest, timeout, now).with_detail(detail)
         detail["summary"] = f"{_names(list(active))} progressing"
         return status.with_detail(detail)

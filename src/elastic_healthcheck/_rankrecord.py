@@ -21,7 +21,8 @@ never seen half written on the platforms torch runs on)::
         64  u64   collectives left
         72  u64   flags (1 = exited normally, 2 = the bootstrap is in,
                   4 = the stack dump is registered: only then may the signal be sent)
-        80  ...   reserved
+        80  f64   time the last collective was left (0 = none yet)
+        88  ...   reserved
 
 A rank is inside a collective while ``entered > left``. Only the outermost collective
 counts (``all_gather_object`` runs ``all_gather`` inside it).
@@ -102,11 +103,12 @@ COLLECTIVES = (
 )
 _CODES = {name: code for code, name in enumerate(COLLECTIVES) if name}
 
-_WHOLE = struct.Struct("<IIdqdQQdQQQ")  # the first 80 bytes
+_WHOLE = struct.Struct("<IIdqdQQdQQQd")  # the first 88 bytes
 _HEAD = struct.Struct("<IIdq")  # magic, pid, spawn, rank
 _PROGRESS = struct.Struct("<dQ")  # at 24: last progress, events
 _ENTER = struct.Struct("<QdQ")  # at 40: entered, since, code
 _LEAVE = struct.Struct("<Q")  # at 64: left
+_LEFT_AT = struct.Struct("<d")  # at 80: when
 _FLAGS = struct.Struct("<Q")  # at 72
 
 
@@ -127,7 +129,7 @@ def create_record(path: str, spawn_time: float) -> None:
         OSError: The file cannot be written.
     """
     data = bytearray(RECORD_SIZE)
-    _WHOLE.pack_into(data, 0, MAGIC, 0, spawn_time, -1, 0.0, 0, 0, 0.0, 0, 0, 0)
+    _WHOLE.pack_into(data, 0, MAGIC, 0, spawn_time, -1, 0.0, 0, 0, 0.0, 0, 0, 0, 0.0)
     # Write a new file and rename it over the old one: a worker of the previous group
     # that still maps the old file cannot scribble on the new group's record.
     temporary = f"{path}.new"
@@ -149,6 +151,7 @@ class RankSnapshot:
         "flags",
         "global_rank",
         "left",
+        "left_time",
         "pid",
         "progress_time",
         "spawn_time",
@@ -165,6 +168,7 @@ class RankSnapshot:
         steps: int = 0,
         entered: int = 0,
         left: int = 0,
+        left_time: float = 0.0,
         collective: str | None = None,
         collective_since: float = 0.0,
         flags: int = 0,
@@ -176,6 +180,7 @@ class RankSnapshot:
         self.steps = steps
         self.entered = entered
         self.left = left
+        self.left_time = left_time
         self.collective = collective
         self.collective_since = collective_since
         self.flags = flags
@@ -207,8 +212,8 @@ def read_record(path: str) -> RankSnapshot | None:
         os.close(fd)
     if len(data) < _WHOLE.size:
         return None
-    (magic, pid, spawn, rank, progress, steps, entered, since, code, left, flags) = _WHOLE.unpack(
-        data
+    (magic, pid, spawn, rank, progress, steps, entered, since, code, left, flags, left_at) = (
+        _WHOLE.unpack(data)
     )
     if magic != MAGIC:
         return None
@@ -226,6 +231,7 @@ def read_record(path: str) -> RankSnapshot | None:
         else None,
         collective_since=since if inside else 0.0,
         flags=flags,
+        left_time=left_at,
     )
 
 
@@ -300,6 +306,7 @@ class RankRecord:
         self._depth = 0
         self._left = self._entered
         _LEAVE.pack_into(self._map, 64, self._left)
+        _LEFT_AT.pack_into(self._map, 80, time.time())
 
     def exited(self) -> None:
         """Mark a normal exit: the rank is done, not hung."""

@@ -94,6 +94,7 @@ class Launch:
         for reader in self._readers:
             reader.start()
         self.observations: list[Observation] = []
+        self.stopped_at: float | None = None
         self._prober: threading.Thread | None = None
 
     @staticmethod
@@ -149,8 +150,16 @@ class Launch:
 
     def stop(self) -> None:
         """End the job as an operator would: SIGTERM to torchrun (its workers follow)."""
+        if self.stopped_at is None:
+            self.stopped_at = time.time()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def before_stop(self) -> list[Observation]:
+        """The observations made before stop(): after it, the job is being torn down (its
+        ranks exit one by one, and the verdict follows what is left)."""
+        end = self.stopped_at if self.stopped_at is not None else float("inf")
+        return [o for o in self.observations if o.at < end]
 
     def wait(self, timeout: float = 120) -> tuple[int, str, str]:
         try:

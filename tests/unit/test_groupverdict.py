@@ -224,3 +224,46 @@ def test_a_rank_stuck_in_a_collective_its_progressing_peer_has_passed_is_stalled
     assert status.verdict is Verdict.DEAD
     assert status.detail["ranks"]["0"]["state"] == "stalled"
     assert status.detail["suspect_ranks"] == ["0"]  # lags its peer by more than the timeout
+
+
+def test_a_rank_inside_the_collective_its_progressing_peer_has_just_entered_is_waiting():
+    """The moment the slow rank reaches the collective its peer has waited in: both are
+    inside the n-th collective, about to be released together."""
+    status = verdict(
+        {
+            "0": rank(7, entered=1, inside="all_reduce", inside_for=7),
+            "1": rank(0.01, entered=1, inside="all_reduce", inside_for=0.001),
+        }
+    )
+    assert status.alive, status.detail
+    assert status.detail["ranks"]["0"]["state"] == "waiting"
+
+
+def test_a_rank_just_released_from_a_collective_is_not_stalled():
+    """Between leaving a collective and its next optimizer step, a rank whose last step is
+    older than the timeout is alive: leaving the collective is a sign of life."""
+    released = rank(7, entered=2)
+    released.left_time = NOW - 0.002
+    status = verdict({"0": released, "1": rank(0.01, entered=2)})
+    assert status.alive, status.detail
+    assert status.detail["ranks"]["0"]["state"] == "progressing"
+    assert status.detail["ranks"]["0"]["age"] == pytest.approx(0.002)
+
+
+def test_leaving_a_collective_is_not_progress_for_a_starting_rank():
+    """A rank released from a barrier during its startup has still not started training."""
+    starting = rank(None, entered=1)
+    starting.left_time = NOW - 0.5
+    status = verdict({"0": starting}, started_ago=61)
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["ranks"]["0"]["state"] == "starting"
+    assert status.detail["suspect_ranks"] == ["0"]
+
+
+def test_a_peer_that_left_the_collective_does_not_excuse_a_rank_still_inside_it():
+    """Both entered collective n, the peer has left it and goes on: the rank still inside
+    after the timeout is stuck, not waiting."""
+    stuck = rank(9, entered=3, inside="all_reduce", inside_for=9)
+    status = verdict({"0": stuck, "1": rank(0.1, entered=3)})
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["ranks"]["0"]["state"] == "stalled"
