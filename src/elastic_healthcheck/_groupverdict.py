@@ -24,7 +24,8 @@ Who is blamed when ranks stall (the first rule that names someone):
 2. a stalled rank that entered fewer collectives than its stalled peers: they wait in a
    collective it has not reached (this also covers NCCL, whose collectives return at
    once and block later);
-3. a stalled rank whose last progress is more than ``timeout`` older than a peer's.
+3. a stalled rank whose last progress is more than ``timeout`` older than a peer's;
+4. a stalled rank outside any collective once its local peers have exited.
 
 Otherwise every local rank waits alike (typically in the same collective): the culprit is
 likely on another node, and no local rank is blamed.
@@ -116,9 +117,12 @@ def _names(ranks: list[str]) -> str:
 
 
 def _blame(
-    stalled: list[str], active: Mapping[str, RankSnapshot], timeout: float
+    stalled: list[str], active: Mapping[str, RankSnapshot], timeout: float, finished: int
 ) -> tuple[list[str], str]:
-    """The stalled ranks to blame and why, or ``([], why not)``."""
+    """The stalled ranks to blame and why, or ``([], why not)``.
+
+    ``finished`` counts the local peers that have exited.
+    """
     snap = active
     inside = [r for r in stalled if snap[r].in_collective]
     outside = [r for r in stalled if not snap[r].in_collective]
@@ -141,6 +145,10 @@ def _blame(
     if lagging and len(lagging) < len(active):
         verb = "lags its" if len(lagging) == 1 else "lag their"
         return lagging, f"{_names(lagging)} {verb} peers' progress by more than {timeout:g} s"
+    if finished and len(active) == len(stalled) and outside and not inside:
+        # Its local peers are done; it waits in no collective, so for nobody: it is stuck
+        # in its own code (compute, I/O) at the end of the job.
+        return outside, f"{_names(outside)} stalled outside a collective after its peers exited"
     where = sorted({snap[r].collective or "" for r in stalled})
     if where == [""]:
         place = "outside any collective"
@@ -148,6 +156,11 @@ def _blame(
         place = "in and out of collectives"
     else:
         place = f"in {', '.join(where)}"
+    if len(stalled) == 1:
+        return [], (
+            f"{_names(stalled)} stalled ({place}); no stalled local peer to tell it from: "
+            "it may wait for another node"
+        )
     return [], (
         f"{_names(stalled)} stalled together ({place}): no local rank can be told from "
         "the others; the cause is likely on another node"
@@ -252,9 +265,9 @@ def group_status(
             return evaluate(newest, timeout, now).with_detail(detail)
         detail["summary"] = f"{_names(list(active))} progressing"
         return status.with_detail(detail)
-    suspects, why = _blame(stalled, active, timeout)
+    suspects, why = _blame(stalled, active, timeout, len(order) - len(active))
     detail["suspect_ranks"] = suspects
     detail["summary"] = why
-    if not suspects:
+    if not suspects and len(stalled) > 1:
         detail["stalled_together"] = True
     return HealthStatus(Verdict.DEAD, timeout, status.last_progress, status.age, None, detail)

@@ -28,7 +28,10 @@ def test_200_while_ranks_beat_then_503_naming_the_stuck_rank():
     assert stuck, [o.body for o in running]
     assert all(o.body["status"] == "dead" for o in stuck)
     assert {o.body["detail"]["slowest_rank"] for o in stuck} == {"1"}
-    assert all(o.body["detail"]["suspect_ranks"] == ["1"] for o in stuck)
+    # Named once it lags rank 0 by more than the timeout (or rank 0 has finished); in the
+    # first milliseconds of the stall it is not named yet, and nobody else ever is.
+    assert any(o.body["detail"]["suspect_ranks"] == ["1"] for o in stuck)
+    assert all(o.body["detail"]["suspect_ranks"] in (["1"], []) for o in stuck)
     assert all(o.body["detail"]["ranks"]["1"]["age"] > 1.5 for o in stuck)
     assert all(o.body["detail"]["ranks"]["1"]["state"] == "stalled" for o in stuck)
 

@@ -267,3 +267,19 @@ def test_a_peer_that_left_the_collective_does_not_excuse_a_rank_still_inside_it(
     status = verdict({"0": stuck, "1": rank(0.1, entered=3)})
     assert status.verdict is Verdict.DEAD
     assert status.detail["ranks"]["0"]["state"] == "stalled"
+
+
+def test_a_rank_stuck_outside_collectives_after_its_peers_finished_is_blamed():
+    status = verdict({"0": rank(50, exited=True), "1": rank(7)})
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["suspect_ranks"] == ["1"]
+    assert "after its peers exited" in status.detail["summary"]
+
+
+def test_a_rank_waiting_in_a_collective_after_its_peers_finished_is_not_blamed():
+    """It waits for someone: another node's rank, most likely."""
+    status = verdict({"0": rank(50, exited=True), "1": rank(7, entered=3, inside="barrier")})
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["suspect_ranks"] == []
+    assert "stalled_together" not in status.detail
+    assert "no stalled local peer to tell it from" in status.detail["summary"]
