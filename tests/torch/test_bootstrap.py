@@ -523,10 +523,19 @@ def test_a_rank_hung_in_a_collective_shows_it_and_dumps_all_stacks_on_the_signal
         assert record.flags & FLAG_STACKS
         stacks = Path(stack_path(str(tmp_path), 0))
         processes[0].send_signal(signal.SIGUSR1)
-        text = wait_until(
-            lambda: stacks.exists() and "helper_thread_waits" in stacks.read_text() and stacks,
-            "the stack dump",
-        ).read_text()
+
+        seen: list[str] = []
+
+        def dumped() -> str | None:
+            # The handler writes thread by thread: done once both threads are in and the
+            # file has stopped growing between two polls.
+            text = stacks.read_text() if stacks.exists() else ""
+            settled = bool(seen) and seen[-1] == text
+            seen.append(text)
+            complete = all(part in text for part in ("helper_thread_waits", "all_reduce"))
+            return text if complete and settled else None
+
+        text = wait_until(dumped, "the stack dump")
         assert "Current thread" in text  # all threads, the signalled one marked
         assert "all_reduce" in text and "hung.py" in text
         assert processes[0].poll() is None  # the dump does not end the rank
