@@ -102,7 +102,7 @@ TORCH_INTERNALS = (
     "torch.optim.optimizer.register_optimizer_step_post_hook",
     "torch.distributed.<collective> and torch.distributed.distributed_c10d.<collective>",
 )
-PROVEN_TORCH = ("2.13.0",)
+PROVEN_TORCH = ("2.13.0", "2.14.1")
 
 DEFAULT_KIND = "http"
 
