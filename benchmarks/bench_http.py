@@ -68,7 +68,7 @@ LOADS = [
 
 CLOSE_LUA = 'wrk.headers["Connection"] = "close"\n'
 
-# Targets for ours (issue #11); checked at the end.
+# Targets for ours; checked at the end.
 TARGET_X_UVICORN = {"keep-alive c=16": 2.5, "new conn c=16": 2.0}
 TARGET_P99_C256_MS = 5.0
 TARGET_STOP_MS = 1.0

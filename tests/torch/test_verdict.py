@@ -18,7 +18,7 @@ from .launch import Launch, Observation
 pytestmark = pytest.mark.torch
 
 TIMEOUT = 2.0
-SLACK = 1.5  # what the issue allows past a deadline: probe period, monitor tick, load
+SLACK = 1.5  # allowed past a deadline: the probe period, the monitor tick, load
 
 
 def running(o: Observation) -> bool:
