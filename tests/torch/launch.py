@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..servers.client import request
 
@@ -28,10 +29,10 @@ PROBE_INTERVAL = 0.05
 class Observation:
     at: float  # time.time() when the answer arrived
     status: int | None  # None: no answer (refused, or cut off)
-    body: dict = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def detail(self) -> dict:
+    def detail(self) -> dict[str, Any]:
         return self.body.get("detail") or {}
 
     @property
@@ -103,10 +104,13 @@ class Launch:
             lines.append((time.time(), line))
 
     def probe_until_exit(self) -> None:
+        port = self.port
+        assert port is not None, self.first_line
+
         def loop() -> None:
             while self.process.poll() is None:
                 try:
-                    response = request(self.port, timeout=2)
+                    response = request(port, timeout=2)
                 except OSError:  # refused, or cut off by the listener closing at exit
                     self.observations.append(Observation(time.time(), None))
                 else:

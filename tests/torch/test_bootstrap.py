@@ -47,7 +47,9 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None):
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
@@ -426,7 +428,7 @@ def test_set_up_failures_are_one_warning_and_the_script_runs(tmp_path):
 
     new_record(tmp_path)
     bad_signal = run(
-        [*BOOTSTRAP, "hello.py"], tmp_path, rank_environment(tmp_path, **{ENV_STACK_SIGNAL: "x"})
+        [*BOOTSTRAP, "hello.py"], tmp_path, rank_environment(tmp_path, 0, **{ENV_STACK_SIGNAL: "x"})
     )
     assert bad_signal.returncode == 0 and bad_signal.stdout == "trained\n"
     assert len(bad_signal.stderr.splitlines()) == 1

@@ -12,7 +12,7 @@ import time
 import pytest
 from torch.distributed.elastic.agent.server import api, local_elastic_agent
 
-from elastic_healthcheck import HealthCheckServer, torchelastic
+from elastic_healthcheck import HealthCheckServer, HTTPHealthCheckServer, torchelastic
 from elastic_healthcheck._rankrecord import RankRecord, record_path
 
 from ..servers.client import request
@@ -110,7 +110,9 @@ def test_every_rank_of_the_group_is_judged_from_its_record(integration):
 
 def test_uninstall_frees_the_port_and_removes_the_rank_dir():
     integration = torchelastic.install(port=0, host="127.0.0.1")
-    port, rank_dir = integration.server.port, integration.rank_dir
+    server = integration.server
+    assert isinstance(server, HTTPHealthCheckServer)
+    port, rank_dir = server.port, integration.rank_dir
     integration.uninstall()
     integration.uninstall()  # idempotent
     with pytest.raises(ConnectionRefusedError):

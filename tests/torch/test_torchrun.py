@@ -77,9 +77,11 @@ def test_port_in_use_logs_the_error_and_training_goes_on():
 def test_sigterm_ends_it_as_plain_torchrun_does():
     """Plain torchrun turns SIGTERM into SignalException and exits 1; so must we."""
     launch = Launch(TRAIN_SECONDS="60")
+    port = launch.port
+    assert port is not None, launch.first_line
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        body = json.loads(request(launch.port).body)
+        body = json.loads(request(port).body)
         if body.get("detail", {}).get("phase") == "running":
             break
         time.sleep(PROBE_INTERVAL)
@@ -88,7 +90,7 @@ def test_sigterm_ends_it_as_plain_torchrun_does():
     assert code == 1
     assert "SignalException" in err and "got signal: 15" in err
     with pytest.raises(ConnectionRefusedError):
-        request(launch.port, timeout=1)
+        request(port, timeout=1)
 
 
 def test_bad_health_option_is_a_usage_error():
