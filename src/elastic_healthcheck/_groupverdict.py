@@ -19,8 +19,8 @@ running         some rank stalled longer than ``timeout``      dead, blamed when
 
 Who is blamed when ranks stall (the first rule that names someone):
 
-1. a stalled rank outside a collective while a stalled peer waits inside one: the peer
-   waits for it;
+1. a stalled rank outside a collective while a peer waits inside one (stalled already or
+   not yet): the peer waits for it;
 2. a stalled rank that entered fewer collectives than its stalled peers: they wait in a
    collective it has not reached (this also covers NCCL, whose collectives return at
    once and block later);
@@ -126,11 +126,14 @@ def _blame(
     snap = active
     inside = [r for r in stalled if snap[r].in_collective]
     outside = [r for r in stalled if not snap[r].in_collective]
-    if inside and outside:
-        waits = sorted({snap[r].collective or "a collective" for r in inside})
+    # Peers waiting in a collective, stalled or not yet (the one that stalled first is
+    # often the culprit, and its peers reach the timeout a moment later).
+    waiting = [r for r in active if r not in outside and snap[r].in_collective]
+    if waiting and outside:
+        waits = sorted({snap[r].collective or "a collective" for r in waiting})
         return outside, (
             f"{_names(outside)} stalled outside a collective while "
-            f"{_names(inside)} wait{'s' if len(inside) == 1 else ''} in {', '.join(waits)}"
+            f"{_names(waiting)} wait{'s' if len(waiting) == 1 else ''} in {', '.join(waits)}"
         )
     counts = {r: snap[r].entered for r in stalled}
     if len(stalled) > 1 and min(counts.values()) < max(counts.values()):

@@ -283,3 +283,17 @@ def test_a_rank_waiting_in_a_collective_after_its_peers_finished_is_not_blamed()
     assert status.detail["suspect_ranks"] == []
     assert "stalled_together" not in status.detail
     assert "no stalled local peer to tell it from" in status.detail["summary"]
+
+
+def test_the_first_rank_to_stall_is_blamed_while_its_peer_waits_in_a_collective():
+    """The moment the hung rank passes the timeout, its peer (which entered the collective
+    a little later) is not stalled yet: it still waits for the hung rank."""
+    status = verdict(
+        {
+            "0": rank(4.99, entered=31, inside="all_reduce", inside_for=4.98),
+            "1": rank(5.01, entered=30),
+        }
+    )
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["suspect_ranks"] == ["1"]
+    assert status.detail["ranks"]["0"]["state"] == "progressing"
