@@ -40,6 +40,16 @@ class Observation:
         return self.detail.get("phase")
 
 
+def running(o: Observation) -> bool:
+    """The agent runs its worker group (the answer then judges the ranks)."""
+    return o.phase == "running"
+
+
+def dead(o: Observation) -> bool:
+    """A 503 about a running worker group."""
+    return o.status == 503 and running(o)
+
+
 class Launch:
     def __init__(
         self,

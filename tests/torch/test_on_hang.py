@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from .launch import Launch, Observation
+from .launch import Launch, dead
 
 pytestmark = pytest.mark.torch
 
 TIMEOUT = 2.0
-
-
-def dead(o: Observation) -> bool:
-    return o.status == 503 and o.phase == "running"
 
 
 def test_restart_ends_the_hung_group_and_training_resumes():

@@ -13,20 +13,12 @@ import sys
 import pytest
 
 from ..servers.client import request
-from .launch import Launch, Observation
+from .launch import Launch, dead, running
 
 pytestmark = pytest.mark.torch
 
 TIMEOUT = 2.0
 SLACK = 1.5  # allowed past a deadline: the probe period, the monitor tick, load
-
-
-def running(o: Observation) -> bool:
-    return o.phase == "running"
-
-
-def dead(o: Observation) -> bool:
-    return o.status == 503 and running(o)
 
 
 def test_a_rank_that_never_starts_is_blamed_once_the_startup_timeout_passes():
