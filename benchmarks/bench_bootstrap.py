@@ -27,8 +27,8 @@ import torch.distributed as dist
 from torch.optim.optimizer import _global_optimizer_post_hooks
 
 import torch
-from elastic_healthcheck._bootstrap import _hook_optimizer, _note_collective
-from elastic_healthcheck._rankrecord import RankRecord, create_record, record_path
+from elastic_healthcheck._torchrun.bootstrap import _hook_optimizer, _note_collective
+from elastic_healthcheck._torchrun.record import RankRecord, create_record, record_path
 
 
 class Pair:

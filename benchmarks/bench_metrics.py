@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-from elastic_healthcheck._prometheus import render_metrics
+from elastic_healthcheck._http.prometheus import render_metrics
 from elastic_healthcheck.status import HealthStatus, evaluate
 
 

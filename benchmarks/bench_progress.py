@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from elastic_healthcheck._progress import HeartbeatFile, ProgressTracker
+from elastic_healthcheck.progress import HeartbeatFile, ProgressTracker
 
 
 class LockedTracker:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from elastic_healthcheck._groupverdict import group_status
-from elastic_healthcheck._rankrecord import RankSnapshot
+from elastic_healthcheck._torchrun.record import RankSnapshot
+from elastic_healthcheck._torchrun.verdict import group_status
 
 NOW = 1_795_600_300.0
 

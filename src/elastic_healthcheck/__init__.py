@@ -9,17 +9,17 @@ __version__ = "0.1.0"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from ._http import HTTPHealthCheckServer as HTTPHealthCheckServer
-    from ._kinds import ConfigurationError as ConfigurationError
-    from ._kinds import available_kinds as available_kinds
-    from ._progress import HeartbeatFile as HeartbeatFile
-    from ._progress import HeartbeatFileReader as HeartbeatFileReader
-    from ._progress import ProgressTracker as ProgressTracker
-    from ._tcp import TCPHealthCheckServer as TCPHealthCheckServer
+    from ._config.kinds import ConfigurationError as ConfigurationError
+    from ._config.kinds import available_kinds as available_kinds
+    from ._http.server import HTTPHealthCheckServer as HTTPHealthCheckServer
+    from ._tcp.server import TCPHealthCheckServer as TCPHealthCheckServer
     from .health_check_server import HealthCheckServer as HealthCheckServer
     from .health_check_server import create_healthcheck_server as create_healthcheck_server
     from .log_level import get_log_level as get_log_level
     from .logging import get_logger as get_logger
+    from .progress import HeartbeatFile as HeartbeatFile
+    from .progress import HeartbeatFileReader as HeartbeatFileReader
+    from .progress import ProgressTracker as ProgressTracker
     from .status import MAX_FUTURE_SKEW as MAX_FUTURE_SKEW
     from .status import HealthStatus as HealthStatus
     from .status import Verdict as Verdict
@@ -48,13 +48,13 @@ __all__ = [
 
 # Public name -> the module that defines it.
 _LAZY = {
-    "HTTPHealthCheckServer": "._http",
-    "TCPHealthCheckServer": "._tcp",
-    "ConfigurationError": "._kinds",
-    "available_kinds": "._kinds",
-    "HeartbeatFile": "._progress",
-    "HeartbeatFileReader": "._progress",
-    "ProgressTracker": "._progress",
+    "HTTPHealthCheckServer": "._http.server",
+    "TCPHealthCheckServer": "._tcp.server",
+    "ConfigurationError": "._config.kinds",
+    "available_kinds": "._config.kinds",
+    "HeartbeatFile": ".progress",
+    "HeartbeatFileReader": ".progress",
+    "ProgressTracker": ".progress",
     "HealthCheckServer": ".health_check_server",
     "create_healthcheck_server": ".health_check_server",
     "get_log_level": ".log_level",

@@ -112,6 +112,6 @@ def create_healthcheck_server(
     """
     # The registry of kinds sits above this module: importing it here, not at the top,
     # keeps the torch-identical base free of everything above it.
-    from ._kinds import create_server
+    from ._config.kinds import create_server
 
     return create_server(alive_callback, port, timeout, kind=kind, options=options)

@@ -9,15 +9,15 @@ is closed for the length of each rendezvous, and open source builds a no-op anyw
   kept through every restart and rendezvous. The agent's stop/create/start cycle swaps
   what the server reports, never the socket;
 * every local rank is accounted for from its worker's spawn: the patched
-  ``start_processes`` creates each rank's record (:mod:`._rankrecord`) and starts the
-  worker through the bootstrap (:mod:`._bootstrap`), which counts optimizer steps as
+  ``start_processes`` creates each rank's record (:mod:`._torchrun.record`) and starts the
+  worker through the bootstrap (:mod:`._torchrun.bootstrap`), which counts optimizer steps as
   progress and notes collectives, with no change to the training script;
-* the verdict (:mod:`._groupverdict`) follows what the agent is doing: while it starts,
+* the verdict (:mod:`._torchrun.verdict`) follows what the agent is doing: while it starts,
   rendezvous, restarts or waits in the exit barrier it answers alive; while workers run,
   it judges every local rank, gives ranks that have not progressed yet a startup
   deadline, and blames a rank only when it can be told;
 * on the agent's monitor tick, a verdict that turns dead has its stalled ranks' stacks
-  captured and logged once (:mod:`._hangwatch`), and with ``on_hang="restart"`` the hung
+  captured and logged once (:mod:`._torchrun.hangwatch`), and with ``on_hang="restart"`` the hung
   worker group is ended so that torchrun restarts it;
 * the JSON body and ``/metrics`` show the phase, every rank's state and the suspects.
 
@@ -42,16 +42,16 @@ import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
-from ._agentstate import AgentState, GroupView
-from ._hangwatch import HANG_GRACE, HangWatch, end_processes
-from ._rankrecord import (
+from ._torchrun.agentstate import AgentState, GroupView
+from ._torchrun.hangwatch import HANG_GRACE, HangWatch, end_processes
+from ._torchrun.record import (
     ENV_DIR,
     ENV_LOCAL_RANK,
     ENV_STACK_SIGNAL,
     create_record,
     record_path,
 )
-from ._stacks import STACK_SIGNAL
+from ._torchrun.stacks import STACK_SIGNAL
 from .health_check_server import HealthCheckServer
 from .logging import get_logger
 from .status import HealthStatus
@@ -85,7 +85,7 @@ ENV_ON_HANG = "ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG"  # report (default) or rest
 # gloo) is 30 minutes, so a first step that takes longer fails in torch anyway.
 DEFAULT_STARTUP_TIMEOUT = 1800.0
 ON_HANG = ("report", "restart")
-BOOTSTRAP_MODULE = "elastic_healthcheck._bootstrap"
+BOOTSTRAP_MODULE = "elastic_healthcheck._torchrun.bootstrap"
 
 # The torch internals the integration uses, all in one place, and the versions whose
 # end-to-end tests passed with them (benchmarks/../scripts/torch-versions.sh records them).
@@ -242,7 +242,7 @@ class Integration:
                     self._port,
                 )
             return
-        from ._kinds import ConfigurationError, create_server
+        from ._config.kinds import ConfigurationError, create_server
 
         self._port = port
         kind = (
@@ -475,7 +475,7 @@ def _is_python(entrypoint: str) -> bool:
 
 
 def _bootstrap_args(args: tuple[object, ...]) -> tuple[object, ...]:
-    """``-u script.py a`` -> ``-u -m elastic_healthcheck._bootstrap script.py a`` (and ``-m``)."""
+    """The bootstrap in front of the script: ``-u x.py a`` -> ``-u -m BOOTSTRAP x.py a``."""
     index = 0
     while index < len(args):
         arg = args[index]

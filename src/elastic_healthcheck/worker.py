@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._rankrecord import ENV_DIR, ENV_LOCAL_RANK, record_path
+from ._torchrun.record import ENV_DIR, ENV_LOCAL_RANK, record_path
 
 __all__ = ["ENV_DIR", "ENV_INTERVAL", "beat", "heartbeat_path"]
 
@@ -44,7 +44,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._rankrecord import RankRecord
+    from ._torchrun.record import RankRecord
 
 
 def _nothing() -> None:
@@ -87,7 +87,7 @@ def _set_up() -> Callable[[], None]:
     local_rank = os.environ.get(ENV_LOCAL_RANK)
     if not directory or local_rank is None or _in_child_process():
         return _nothing
-    from ._rankrecord import RankRecord
+    from ._torchrun.record import RankRecord
 
     path = record_path(directory, local_rank)
     try:

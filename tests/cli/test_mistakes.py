@@ -330,7 +330,7 @@ def test_a_hung_resolver_does_not_outlast_the_timeout(alive_port):
         "        time.sleep(30)\n"
         "    return real(host, *args, **kwargs)\n"
         "socket.getaddrinfo = slow\n"
-        "from elastic_healthcheck._cli import main\n"
+        "from elastic_healthcheck._cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     started = time.monotonic()
@@ -358,9 +358,9 @@ def test_more_targets_than_the_open_file_limit_are_probed_in_turn(alive_port, kn
         "import resource, sys\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
-        "from elastic_healthcheck import _probe\n"
+        "from elastic_healthcheck._cli import probe as _probe\n"
         + ("" if knows_the_limit else "_probe._max_open = lambda: 1 << 30\n")
-        + "from elastic_healthcheck._cli import main\n"
+        + "from elastic_healthcheck._cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     result = subprocess.run(

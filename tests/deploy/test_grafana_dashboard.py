@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from elastic_healthcheck._prometheus import render_metrics
+from elastic_healthcheck._http.prometheus import render_metrics
 from elastic_healthcheck.status import evaluate
 
 from ..detail_sample import torchrun_detail

@@ -25,9 +25,9 @@ import pytest
 
 import elastic_healthcheck
 from elastic_healthcheck import HTTPHealthCheckServer, check_liveness
-from elastic_healthcheck._cli import build_parser, main
-from elastic_healthcheck._kinds import BUILTIN_KINDS, ENV_PREFIX, _options, resolve_kind
-from elastic_healthcheck._probe import parse_target, probe
+from elastic_healthcheck._cli.main import build_parser, main
+from elastic_healthcheck._cli.probe import parse_target, probe
+from elastic_healthcheck._config.kinds import BUILTIN_KINDS, ENV_PREFIX, _options, resolve_kind
 
 from . import test_examples
 from .markdown import ROOT, Table, code_spans, documents, tables

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from elastic_healthcheck._groupverdict import group_status
-from elastic_healthcheck._rankrecord import FLAG_EXITED, RankSnapshot
+from elastic_healthcheck._torchrun.record import FLAG_EXITED, RankSnapshot
+from elastic_healthcheck._torchrun.verdict import group_status
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "torchrun.md"
 EXAMPLE = re.compile(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from elastic_healthcheck import HTTPHealthCheckServer, TCPHealthCheckServer
-from elastic_healthcheck._server import SocketHealthCheckServer
+from elastic_healthcheck._engine.server import SocketHealthCheckServer
 
 from .client import NOW_CALLBACK, read_until_closed, request
 

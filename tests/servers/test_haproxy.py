@@ -135,7 +135,7 @@ def test_haproxy_marks_the_server_down_while_dead_and_up_again(
 @pytest.mark.parametrize(("age", "verdict"), [(0, "alive"), (600, "dead")])
 def test_probe_reads_both_tcp_line_styles(agent_check, age, verdict, tcp_factory):
     """``elastic-healthcheck probe`` reads the verdict with or without HAProxy's word."""
-    from elastic_healthcheck._probe import parse_target, probe
+    from elastic_healthcheck._cli.probe import parse_target, probe
 
     server = tcp_factory(lambda: time.time() - age, timeout=60, agent_check=agent_check)
     server.start()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from elastic_healthcheck._httpwire import MAX_REQUEST_HEAD
+from elastic_healthcheck._http.wire import MAX_REQUEST_HEAD
 
 from .client import ResponseReader, exchange, read_until_closed, request
 from .conftest import connect, wait_for

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from elastic_healthcheck import HTTPHealthCheckServer
+import elastic_healthcheck
 
 from .conftest import answers_alive
 
-PACKAGE = str(Path(HTTPHealthCheckServer.__module__.replace(".", "/")).parent)
+PACKAGE = str(Path(elastic_healthcheck.__file__).parent)
 
 
 class Interrupt(Exception):

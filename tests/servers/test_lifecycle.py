@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import elastic_healthcheck
 from elastic_healthcheck import HTTPHealthCheckServer
 from elastic_healthcheck.status import Verdict
 
@@ -207,7 +208,7 @@ class Interrupt(Exception):
 
 def _package_line_tracer(target_index: int, seen: list[tuple[str, int]]):
     """A tracer that raises Interrupt at the target_index-th line executed in the package."""
-    package = str(Path(HTTPHealthCheckServer.__module__.replace(".", "/")).parent)
+    package = str(Path(elastic_healthcheck.__file__).parent)
 
     def local(frame, event, arg):
         if event == "line":

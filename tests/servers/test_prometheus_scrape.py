@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -76,6 +77,15 @@ def _listening_port(pid: int) -> int | None:
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 return int(fields[1].rsplit(":", 1)[1], 16)
     return None
+
+
+def _ready(port: int) -> bool:
+    """Whether Prometheus answers 200 on /-/ready (503 while its storage opens)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 class Prometheus:
@@ -151,6 +161,10 @@ def prometheus(tmp_path: Path, server_factory) -> Iterator[Prometheus]:
             if port is None:
                 time.sleep(0.05)
         assert port is not None, "prometheus did not listen"
+        # It listens before its storage is open, and answers 503 until then: wait for ready.
+        while not _ready(port):
+            assert time.monotonic() < deadline and process.poll() is None, "never ready"
+            time.sleep(0.05)
         yield Prometheus(process, port)
     finally:
         process.terminate()

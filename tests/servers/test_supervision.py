@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from elastic_healthcheck import HTTPHealthCheckServer, TCPHealthCheckServer
-from elastic_healthcheck._httpproto import HTTPProtocol
-from elastic_healthcheck._protocol import BaseProtocol, Services
+from elastic_healthcheck._engine.protocol import BaseProtocol, Services
+from elastic_healthcheck._http.protocol import HTTPProtocol
 from elastic_healthcheck.status import HealthStatus, Verdict
 
 from .client import read_response, read_until_closed

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from elastic_healthcheck import _listeners
-from elastic_healthcheck._tcp import TCPHealthCheckServer, TCPState
+from elastic_healthcheck._engine import listeners as _listeners
+from elastic_healthcheck._tcp.protocol import TCPState
+from elastic_healthcheck._tcp.server import TCPHealthCheckServer
 from elastic_healthcheck.status import HealthStatus, Verdict
 
 from .client import NOW_CALLBACK, read_until_closed

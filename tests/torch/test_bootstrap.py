@@ -2,7 +2,8 @@
 optimizer steps, collectives and stacks reach the rank's record.
 
 Each comparison runs the same script twice, as ``python ARGS`` and as
-``python -m elastic_healthcheck._bootstrap ARGS``, and compares exit code, stdout and stderr.
+``python -m elastic_healthcheck._torchrun.bootstrap ARGS``, and compares exit code, stdout
+and stderr.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import elastic_healthcheck
-from elastic_healthcheck._rankrecord import (
+from elastic_healthcheck._torchrun.record import (
     ENV_DIR,
     ENV_LOCAL_RANK,
     ENV_STACK_SIGNAL,
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.torch
 
 # Where the package under test was imported from (src/, or the installed wheel in CI).
 SRC = str(Path(elastic_healthcheck.__file__).resolve().parents[1])
-BOOTSTRAP = ["-m", "elastic_healthcheck._bootstrap"]
+BOOTSTRAP = ["-m", "elastic_healthcheck._torchrun.bootstrap"]
 DEADLINE = 120.0  # seconds for one subprocess; torch imports slowly on a loaded machine
 
 
@@ -324,7 +325,12 @@ COLLECTIVES = """
     import os, sys
     import torch
     import torch.distributed as dist
-    from elastic_healthcheck._rankrecord import ENV_DIR, ENV_LOCAL_RANK, read_record, record_path
+    from elastic_healthcheck._torchrun.record import (
+        ENV_DIR,
+        ENV_LOCAL_RANK,
+        read_record,
+        record_path,
+    )
 
     path = record_path(os.environ[ENV_DIR], os.environ[ENV_LOCAL_RANK])
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -374,7 +380,12 @@ FORKS = """
             beat()
         os._exit(0)
     os.waitpid(pid, 0)
-    from elastic_healthcheck._rankrecord import ENV_DIR, ENV_LOCAL_RANK, read_record, record_path
+    from elastic_healthcheck._torchrun.record import (
+        ENV_DIR,
+        ENV_LOCAL_RANK,
+        read_record,
+        record_path,
+    )
 
     record = read_record(record_path(os.environ[ENV_DIR], os.environ[ENV_LOCAL_RANK]))
     print(record.steps, record.pid == os.getpid())

@@ -13,11 +13,11 @@ import pytest
 from torch.distributed.elastic.agent.server import api, local_elastic_agent
 
 from elastic_healthcheck import HealthCheckServer, HTTPHealthCheckServer, torchelastic
-from elastic_healthcheck._rankrecord import RankRecord, record_path
+from elastic_healthcheck._torchrun.record import RankRecord, record_path
 
 from ..servers.client import request
 
-BOOTSTRAP = "elastic_healthcheck._bootstrap"
+BOOTSTRAP = "elastic_healthcheck._torchrun.bootstrap"
 
 PATCHED = [
     (local_elastic_agent, "create_healthcheck_server"),

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from elastic_healthcheck._tcp import agent_check_line, status_line
+from elastic_healthcheck._tcp.line import agent_check_line, status_line
 from elastic_healthcheck.status import HealthStatus, Verdict
 
 CASES = [

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from elastic_healthcheck._bootstrap import USAGE, _PostImportHook, main
+from elastic_healthcheck._torchrun.bootstrap import USAGE, _PostImportHook, main
 
 
 @pytest.fixture

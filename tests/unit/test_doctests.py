@@ -9,9 +9,9 @@ import pytest
 
 MODULES = [
     "elastic_healthcheck.status",
-    "elastic_healthcheck._progress",
-    "elastic_healthcheck._http",
-    "elastic_healthcheck._kinds",
+    "elastic_healthcheck.progress",
+    "elastic_healthcheck._http.server",
+    "elastic_healthcheck._config.kinds",
 ]
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from elastic_healthcheck._groupverdict import group_status, rank_state
-from elastic_healthcheck._rankrecord import FLAG_EXITED, RankSnapshot
+from elastic_healthcheck._torchrun.record import FLAG_EXITED, RankSnapshot
+from elastic_healthcheck._torchrun.verdict import group_status, rank_state
 from elastic_healthcheck.status import Verdict
 
 NOW = 1_700_000_100.0

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from elastic_healthcheck._agentstate import process_gone
-from elastic_healthcheck._hangwatch import end_processes
+from elastic_healthcheck._torchrun.agentstate import process_gone
+from elastic_healthcheck._torchrun.hangwatch import end_processes
 
 IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " + (
     "print('ready', flush=True); time.sleep(60)"

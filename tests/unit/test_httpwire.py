@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elastic_healthcheck._httpwire import (
+from elastic_healthcheck._http.wire import (
     MAX_HEADERS,
     HTTPError,
     Request,

@@ -14,9 +14,8 @@ import textwrap
 
 import pytest
 
-from elastic_healthcheck import _kinds
-from elastic_healthcheck._http import HTTPHealthCheckServer
-from elastic_healthcheck._kinds import (
+from elastic_healthcheck._config import kinds as _kinds
+from elastic_healthcheck._config.kinds import (
     BUILTIN_KINDS,
     ENV_PREFIX,
     RESERVED_ENV,
@@ -25,6 +24,7 @@ from elastic_healthcheck._kinds import (
     create_server,
     resolve_kind,
 )
+from elastic_healthcheck._http.server import HTTPHealthCheckServer
 from elastic_healthcheck.health_check_server import HealthCheckServer, create_healthcheck_server
 
 SERVER = "ELASTIC_HEALTHCHECK_SERVER"
@@ -139,8 +139,8 @@ def modules_after(code: str) -> set[str]:
 
 
 HEAVY = {
-    "elastic_healthcheck._http",
-    "elastic_healthcheck._tcp",
+    "elastic_healthcheck._http.server",
+    "elastic_healthcheck._tcp.server",
     "socket",
     "importlib.metadata",
     "inspect",
@@ -211,7 +211,7 @@ def test_server_variable_selects_http(monkeypatch):
 
 
 def test_server_variable_selects_tcp(monkeypatch):
-    tcp = pytest.importorskip("elastic_healthcheck._tcp")
+    tcp = pytest.importorskip("elastic_healthcheck._tcp.server")
     monkeypatch.setenv(SERVER, "tcp")
     assert type(create_healthcheck_server(alive, 0, 60)) is tcp.TCPHealthCheckServer
 
@@ -252,8 +252,8 @@ def test_kind_must_be_a_string():
 def test_builtin_kinds_are_import_strings():
     assert BUILTIN_KINDS == {
         "noop": "elastic_healthcheck.health_check_server:HealthCheckServer",
-        "http": "elastic_healthcheck._http:HTTPHealthCheckServer",
-        "tcp": "elastic_healthcheck._tcp:TCPHealthCheckServer",
+        "http": "elastic_healthcheck._http.server:HTTPHealthCheckServer",
+        "tcp": "elastic_healthcheck._tcp.server:TCPHealthCheckServer",
     }
 
 
@@ -373,7 +373,7 @@ def test_environment_options_reach_the_http_server(monkeypatch):
 
 
 def test_tcp_takes_its_own_options_from_environment(monkeypatch):
-    tcp = pytest.importorskip("elastic_healthcheck._tcp")
+    tcp = pytest.importorskip("elastic_healthcheck._tcp.server")
     monkeypatch.setenv(SERVER, "tcp")
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_REFUSE_WHILE_DEAD", "yes")
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_RECHECK_INTERVAL", "0.5")

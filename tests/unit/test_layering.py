@@ -1,9 +1,13 @@
-"""DESIGN.md's layering, checked: imports point down, pure layers do no I/O, parts are small."""
+"""DESIGN.md's layering, checked: the tree is the map, imports point down, pure layers do no I/O.
+
+Every module has a layer; a module imports only modules of lower layers (edges may import
+edges). Each private folder is one concern with a docstring that says what belongs there
+and what it may import; FOLDER_IMPORTS states the same rule as data.
+"""
 
 from __future__ import annotations
 
 import ast
-import pkgutil
 from pathlib import Path
 
 import pytest
@@ -17,30 +21,36 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("logging helper", ["log_level"]),
     ("logging helper", ["logging"]),
     ("status", ["status"]),
+    ("configuration: kinds by name, options", ["_config", "_config.kinds"]),
     ("torch-identical base", ["health_check_server"]),
+    ("progress helpers", ["progress"]),
     (
-        "wire formats and records",
-        ["_httpwire", "_prometheus", "_progress", "_rankrecord", "_stacks"],
+        "wire formats and records (pure, or one small file)",
+        ["_http.wire", "_http.prometheus", "_tcp.line", "_torchrun.record", "_torchrun.stacks"],
     ),
-    ("the torchrun verdict", ["_groupverdict"]),
-    ("protocol interface", ["_protocol"]),
-    ("engine: listeners, loop, evaluator", ["_listeners", "_loop", "_evaluator"]),
-    ("engine: transport", ["_transport"]),
-    ("engine: verdicts", ["_verdicts"]),
-    ("engine: a running server's parts", ["_engine"]),
-    ("engine: the server base", ["_server"]),
-    ("protocols", ["_httpproto"]),
-    ("servers", ["_http", "_tcp"]),
+    ("the torchrun verdict (pure)", ["_torchrun.verdict"]),
+    ("engine: protocol interface", ["_engine.protocol"]),
+    (
+        "engine: listeners, loop, evaluator",
+        ["_engine.listeners", "_engine.loop", "_engine.evaluator"],
+    ),
+    ("engine: transport", ["_engine.transport"]),
+    ("engine: verdicts", ["_engine.verdicts"]),
+    ("engine: a running server's parts", ["_engine.engine"]),
+    ("engine: the server base", ["_engine", "_engine.server"]),
+    ("protocols", ["_http.protocol", "_tcp.protocol"]),
+    ("servers", ["_http", "_http.server", "_tcp", "_tcp.server"]),
     (
         "edges",
         [
-            "_kinds",
-            "_probe",
             "_cli",
+            "_cli.main",
+            "_cli.probe",
             "worker",
-            "_bootstrap",
-            "_agentstate",
-            "_hangwatch",
+            "_torchrun",
+            "_torchrun.bootstrap",
+            "_torchrun.agentstate",
+            "_torchrun.hangwatch",
             "torchelastic",
             "__init__",
             "__main__",
@@ -48,45 +58,106 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
 ]
 RANK = {module: rank for rank, (_name, modules) in enumerate(LAYERS) for module in modules}
-EDGES = RANK["_kinds"]
+EDGES = RANK["_cli"]
 
-# Upward imports on purpose, each with its reason.
-ALLOWED_UPWARD = {
-    # The factory resolves server kinds by name at call time (DESIGN.md: a registry of
-    # names resolved lazily), so that the base never imports a server at import time.
-    ("health_check_server", "_kinds"),
+# What each private folder may import from the rest of the package (besides itself).
+FOLDER_IMPORTS: dict[str, set[str]] = {
+    "_config": {"logging"},
+    "_engine": {"status", "logging", "health_check_server"},
+    "_http": {"_engine", "status", "logging"},
+    "_tcp": {"_engine", "status", "logging"},
+    "_torchrun": {
+        "status",
+        "logging",
+        "health_check_server",
+        "_config",
+        "_http",
+        "_tcp",
+        "_engine",
+        "worker",
+    },
+    "_cli": {
+        "status",
+        "logging",
+        "health_check_server",
+        "_config",
+        "_http",
+        "_tcp",
+        "progress",
+        "torchelastic",
+        "__init__",
+    },
 }
 
 # Pure layers: bytes or numbers in, bytes or verdicts out. Protocols see a transport only.
 NO_IO = [
     "status",
-    "_httpwire",
-    "_prometheus",
-    "_protocol",
-    "_httpproto",
-    "_http",
-    "_tcp",
+    "_http.wire",
+    "_http.prometheus",
+    "_tcp.line",
+    "_torchrun.verdict",
+    "_engine.protocol",
+    "_http.protocol",
+    "_tcp.protocol",
+    "_http.server",
+    "_tcp.server",
 ]
-IO_MODULES = {"socket", "selectors", "threading", "select", "asyncio", "ssl"}
+IO_MODULES = {"socket", "selectors", "threading", "select", "asyncio", "ssl", "mmap"}
 
-ENGINE = ["_listeners", "_loop", "_evaluator", "_transport", "_verdicts", "_engine", "_server"]
-ENGINE_AND_PROTOCOLS = [*ENGINE, "_protocol", "_httpproto", "_http", "_tcp"]
+ENGINE = [m for m in RANK if m.startswith("_engine.")]
+ENGINE_AND_PROTOCOLS = [*ENGINE, "_http.protocol", "_http.server", "_tcp.protocol", "_tcp.server"]
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 300
 
 
+def _path(module: str) -> Path:
+    parts = module.split(".")
+    folder = PACKAGE_DIR.joinpath(*parts)
+    if folder.is_dir():
+        return folder / "__init__.py"
+    return PACKAGE_DIR.joinpath(*parts[:-1], parts[-1] + ".py")
+
+
 def _tree(module: str) -> ast.Module:
-    return ast.parse((PACKAGE_DIR / f"{module}.py").read_text())
+    return ast.parse(_path(module).read_text())
+
+
+def _is_package(module: str) -> bool:
+    return _path(module).name == "__init__.py" and module != "__init__"
+
+
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """Line numbers of imports inside ``if TYPE_CHECKING:`` (annotations, never run)."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for inner in node.body:
+                for sub in ast.walk(inner):
+                    if isinstance(sub, ast.ImportFrom | ast.Import):
+                        lines.add(sub.lineno)
+    return lines
 
 
 def _package_imports(module: str) -> set[str]:
+    """The package modules ``module`` imports, as keys of RANK."""
+    tree = _tree(module)
+    skip = _type_checking_only(tree)
+    here = [] if module == "__init__" else module.split(".")
+    package = here if _is_package(module) else here[:-1]
     names: set[str] = set()
-    for node in ast.walk(_tree(module)):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                names.add(node.module.split(".")[0])
-            else:  # `from . import name`: a module, or a name of the package itself
-                names.update(a.name if a.name in RANK else "__init__" for a in node.names)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or node.level == 0 or node.lineno in skip:
+            continue
+        base = package[: len(package) - (node.level - 1)]
+        target = [*base, *(node.module.split(".") if node.module else [])]
+        if node.module:
+            candidates = [".".join(target)]
+        else:  # `from . import name`: a module of that package, or one of its names
+            candidates = [".".join([*target, alias.name]) for alias in node.names]
+        for candidate in candidates:
+            while candidate and candidate not in RANK:
+                candidate = candidate.rpartition(".")[0]
+            names.add(candidate or "__init__")
     return names
 
 
@@ -100,22 +171,88 @@ def _io_imports(module: str) -> set[str]:
     return names & IO_MODULES
 
 
-MODULES = sorted({m.name for m in pkgutil.iter_modules([str(PACKAGE_DIR)])} | {"__init__"})
+def _all_modules() -> list[str]:
+    found = set()
+    for path in PACKAGE_DIR.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE_DIR).with_suffix("").parts)
+        if parts == ["__init__"]:
+            found.add("__init__")
+        elif parts[-1] == "__init__":
+            found.add(".".join(parts[:-1]))
+        else:
+            found.add(".".join(parts))
+    return sorted(found)
+
+
+MODULES = _all_modules()
+FOLDERS = sorted(m for m in MODULES if _is_package(m))
 
 
 def test_every_module_has_a_layer():
     assert not set(MODULES) - set(RANK), "place new modules in LAYERS"
+    assert not set(RANK) - set(MODULES), "LAYERS names a module that is gone"
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_imports_point_down(module):
     for imported in _package_imports(module):
-        if (module, imported) in ALLOWED_UPWARD:
-            continue
         assert imported in RANK, imported
-        if RANK[module] == EDGES and RANK[imported] == EDGES:
+        if imported == module or (RANK[module] == EDGES and RANK[imported] == EDGES):
             continue
+        if _is_package(imported) and module.startswith(imported + "."):
+            continue  # a module of a folder may read its folder's docstring-only package
         assert RANK[imported] < RANK[module], f"{module} imports {imported}, a layer above"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_each_folder_says_what_it_holds_and_imports_only_what_it_may(folder):
+    docstring = ast.get_docstring(_tree(folder))
+    assert docstring and "May import" in docstring, folder
+    allowed = FOLDER_IMPORTS[folder]
+    for module in [m for m in MODULES if m == folder or m.startswith(folder + ".")]:
+        for imported in _package_imports(module):
+            top = imported.split(".")[0]
+            assert top == folder or top in allowed, f"{module} imports {imported}"
+
+
+def test_the_top_of_the_package_holds_only_what_users_import():
+    top = sorted(p.stem for p in PACKAGE_DIR.glob("*.py"))
+    assert top == [
+        "__init__",
+        "__main__",
+        "health_check_server",
+        "log_level",
+        "logging",
+        "progress",
+        "status",
+        "torchelastic",
+        "worker",
+    ]
+
+
+def test_no_import_circle():
+    """Lazy imports count too: a circle is a circle whenever it closes."""
+    graph = {module: _package_imports(module) - {module} for module in MODULES}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = path[path.index(module) :] + [module]
+            # A module and the package it lives in (its docstring) are one place.
+            if not all(
+                _is_package(a) and b.startswith(a + ".") or _is_package(b) and a.startswith(b + ".")
+                for a, b in zip(cycle, cycle[1:], strict=False)
+            ):
+                raise AssertionError(" -> ".join(cycle))
+            return
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in MODULES:
+        visit(module, [])
 
 
 @pytest.mark.parametrize("module", NO_IO)
@@ -126,7 +263,7 @@ def test_pure_layers_and_protocols_import_no_io(module):
 @pytest.mark.parametrize("module", ENGINE_AND_PROTOCOLS)
 def test_engine_parts_are_small_and_say_their_job(module):
     tree = _tree(module)
-    lines = (PACKAGE_DIR / f"{module}.py").read_text().count("\n")
+    lines = _path(module).read_text().count("\n")
     assert lines <= MAX_MODULE_LINES, f"{module}: {lines} lines"
     docstring = ast.get_docstring(tree)
     assert docstring and docstring.splitlines()[0].strip(), f"{module} says not what it does"

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from elastic_healthcheck._probe import TargetError, parse_target
+from elastic_healthcheck._cli.probe import TargetError, parse_target
 
 VALID = [
     ("127.0.0.1:8080", ("http", "127.0.0.1", 8080, "/healthz")),

@@ -15,12 +15,12 @@ import time
 import pytest
 
 from elastic_healthcheck import MAX_FUTURE_SKEW, HealthStatus, Verdict, check_liveness
-from elastic_healthcheck._progress import HeartbeatFile, HeartbeatFileReader, ProgressTracker
+from elastic_healthcheck.progress import HeartbeatFile, HeartbeatFileReader, ProgressTracker
 
 NOW = 1_700_000_000.0
 # An mtime no real touch can produce (2001-09-09), set before a beat to see if it touches.
 SENTINEL_NS = 1_000_000_000 * 10**9
-LOGGER = "elastic_healthcheck._progress"
+LOGGER = "elastic_healthcheck.progress"
 
 ALIVE, DEAD, UNKNOWN = Verdict.ALIVE, Verdict.DEAD, Verdict.UNKNOWN
 

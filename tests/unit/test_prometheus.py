@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elastic_healthcheck._prometheus import (
+from elastic_healthcheck._http.prometheus import (
     AGENT_PHASES,
     CONTENT_TYPE,
     PREFIX,

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from elastic_healthcheck._httpproto import (
+from elastic_healthcheck._engine.protocol import BaseProtocol, ProtocolStateError, StateMachine
+from elastic_healthcheck._http.protocol import (
     MAX_BUFFERED_INPUT,
     PARSED_CACHE,
     HTTPEvent,
@@ -16,18 +17,17 @@ from elastic_healthcheck._httpproto import (
     HTTPResponses,
     HTTPState,
 )
-from elastic_healthcheck._httpproto import (
+from elastic_healthcheck._http.protocol import (
     TRANSITIONS as HTTP_TRANSITIONS,
 )
-from elastic_healthcheck._protocol import BaseProtocol, ProtocolStateError, StateMachine
-from elastic_healthcheck._tcp import (
+from elastic_healthcheck._tcp.line import status_line
+from elastic_healthcheck._tcp.protocol import (
     TRANSITIONS as TCP_TRANSITIONS,
 )
-from elastic_healthcheck._tcp import (
+from elastic_healthcheck._tcp.protocol import (
     TCPEvent,
     TCPProtocol,
     TCPState,
-    status_line,
 )
 from elastic_healthcheck.status import HealthStatus, Verdict
 

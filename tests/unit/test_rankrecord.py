@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from elastic_healthcheck._rankrecord import (
+from elastic_healthcheck._torchrun.record import (
     COLLECTIVES,
     FLAG_BOOTSTRAP,
     RECORD_SIZE,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from elastic_healthcheck import worker
-from elastic_healthcheck._rankrecord import (
+from elastic_healthcheck._torchrun.record import (
     ENV_DIR,
     ENV_LOCAL_RANK,
     FLAG_EXITED,
@@ -106,7 +106,7 @@ def test_a_forked_child_never_beats(tmp_path, record_file):
         """
         import os
         from elastic_healthcheck.worker import beat
-        from elastic_healthcheck._rankrecord import read_record, record_path
+        from elastic_healthcheck._torchrun.record import read_record, record_path
         beat()
         pid = os.fork()
         if pid == 0:

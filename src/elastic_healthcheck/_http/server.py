@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._httpproto import HTTPProtocol, HTTPResponses
-from ._protocol import BaseProtocol, Services
-from ._server import (
+from .._engine.protocol import BaseProtocol, Services
+from .._engine.server import (
     DEFAULT_CALLBACK_TIMEOUT,
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     SocketHealthCheckServer,
 )
+from .protocol import HTTPProtocol, HTTPResponses
 
 __all__ = ["HTTPHealthCheckServer"]
 

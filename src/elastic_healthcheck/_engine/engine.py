@@ -18,13 +18,13 @@ import socket
 import threading
 from collections.abc import Callable
 
-from ._evaluator import JOIN_TIMEOUT, Evaluator
-from ._listeners import Listeners, display
-from ._loop import Loop, report, safe_log
-from ._protocol import BaseProtocol, Services
-from ._transport import SocketTransport
-from ._verdicts import Verdicts
-from .logging import get_logger
+from ..logging import get_logger
+from .evaluator import JOIN_TIMEOUT, Evaluator
+from .listeners import Listeners, display
+from .loop import Loop, report, safe_log
+from .protocol import BaseProtocol, Services
+from .transport import SocketTransport
+from .verdicts import Verdicts
 
 log = get_logger(__name__)
 

@@ -65,7 +65,7 @@ def _probe_seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(
         prog=PROG,
@@ -232,7 +232,7 @@ _TORCHRUN_FLAGS = ("--health-debug", "--health-no-bootstrap")
 
 def _check_log_level() -> str | None:
     """What is wrong with ``LOGLEVEL``, if anything (every logger would raise on it)."""
-    from .logging import get_logger
+    from ..logging import get_logger
 
     try:
         get_logger(PROG)
@@ -249,8 +249,8 @@ def _check_torchrun_options(options: argparse.Namespace, server_options: dict[st
     """
     import os
 
-    from ._kinds import ENV_SERVER, create_server, resolve_kind
-    from .torchelastic import DEFAULT_KIND
+    from .._config.kinds import ENV_SERVER, create_server, resolve_kind
+    from ..torchelastic import DEFAULT_KIND
 
     kind, source = options.health_kind, "--health-kind"
     if kind is None:
@@ -297,7 +297,7 @@ def _torchrun(arguments: list[str]) -> int:
         print(f"{PROG} torchrun: error: {problem}", file=sys.stderr)
         return 2
 
-    from . import torchelastic
+    from .. import torchelastic
 
     try:
         integration = torchelastic.install(
@@ -328,7 +328,7 @@ def _torchrun(arguments: list[str]) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from ._probe import TargetError, parse_target, printable, probe
+    from .probe import TargetError, parse_target, printable, probe
 
     try:
         targets = [parse_target(text) for text in args.targets]
@@ -362,15 +362,15 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from ._kinds import ConfigurationError, create_server, resolve_kind
-    from ._progress import HeartbeatFileReader
+    from .._config.kinds import ConfigurationError, create_server, resolve_kind
+    from ..progress import HeartbeatFileReader
 
     try:
         server_class = resolve_kind(args.kind, source="--kind")
     except ConfigurationError as exc:
         print(f"{PROG} serve: error: {exc}", file=sys.stderr)
         return 2
-    from .health_check_server import HealthCheckServer
+    from ..health_check_server import HealthCheckServer
 
     if server_class is HealthCheckServer:
         print(
@@ -444,7 +444,7 @@ def _where(server: object, port: int) -> tuple[str, str]:
     addresses = getattr(server, "addresses", None)
     if not addresses:
         return f"port {getattr(server, 'port', port)}", ""
-    from ._tcp import TCPHealthCheckServer
+    from .._tcp.server import TCPHealthCheckServer
 
     shown = []
     wildcard = False

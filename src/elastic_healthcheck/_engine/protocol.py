@@ -18,7 +18,7 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import Generic, Protocol, TypeVar
 
-from .status import HealthStatus
+from ..status import HealthStatus
 
 __all__ = [
     "BaseProtocol",

@@ -17,12 +17,12 @@ import math
 import time
 from collections.abc import Callable
 
-from ._evaluator import Evaluator
-from ._loop import Loop, report, safe_log
-from ._protocol import BaseProtocol
-from ._transport import SocketTransport
-from .logging import get_logger
-from .status import HealthStatus, Verdict
+from ..logging import get_logger
+from ..status import HealthStatus, Verdict
+from .evaluator import Evaluator
+from .loop import Loop, report, safe_log
+from .protocol import BaseProtocol
+from .transport import SocketTransport
 
 log = get_logger(__name__)
 

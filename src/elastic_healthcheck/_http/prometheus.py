@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-from .status import HealthStatus, Verdict
+from ..status import HealthStatus, Verdict
 
 __all__ = ["AGENT_PHASES", "CONTENT_TYPE", "PREFIX", "RANK_STATES", "render_metrics"]
 

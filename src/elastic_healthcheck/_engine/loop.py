@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 
-from .logging import get_logger
+from ..logging import get_logger
 
 __all__ = ["MAX_FAILED_TURNS", "Loop", "Timers", "report", "safe_log"]
 

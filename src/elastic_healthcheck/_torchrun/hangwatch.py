@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Mapping
 
-from ._agentstate import AgentState, process_gone
-from ._rankrecord import FLAG_STACKS, read_record, record_path, stack_path
-from ._stacks import capture_stack
-from .logging import get_logger
-from .status import HealthStatus, Verdict
+from ..logging import get_logger
+from ..status import HealthStatus, Verdict
+from .agentstate import AgentState, process_gone
+from .record import FLAG_STACKS, read_record, record_path, stack_path
+from .stacks import capture_stack
 
 __all__ = ["HANG_GRACE", "STACK_DEADLINE", "HangWatch", "end_processes"]
 

@@ -2,7 +2,7 @@
 
 The agent's main thread writes it (phase, the current worker group, counters); the
 server's callback thread reads it. Every field is replaced whole, never mutated, so a
-reader sees one value or the next. The verdict itself is :mod:`._groupverdict`'s.
+reader sees one value or the next. The verdict itself is :mod:`.verdict`'s.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-from ._groupverdict import group_status
-from ._rankrecord import RankSnapshot, read_record, record_path
-from .status import HealthStatus, Verdict, evaluate
+from ..status import HealthStatus, Verdict, evaluate
+from .record import RankSnapshot, read_record, record_path
+from .verdict import group_status
 
 __all__ = ["TORCH_TIMEOUT", "AgentState", "GroupView", "process_gone"]
 
@@ -107,7 +107,7 @@ class AgentState:
         return extra
 
     def status(self, now: float | None = None) -> HealthStatus:
-        """The verdict: the phase's, or while running the ranks' (see _groupverdict)."""
+        """The verdict: the phase's, or while running the ranks' (see .verdict)."""
         phase, callback, timeout, group = self.phase, self.callback, self.timeout, self.group
         if now is None:
             now = time.time()

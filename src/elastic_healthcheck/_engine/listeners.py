@@ -18,7 +18,7 @@ import socket
 import sys
 import weakref
 
-from .logging import get_logger
+from ..logging import get_logger
 
 __all__ = ["LISTEN_BACKLOG", "Listeners", "close_all_in_child", "display"]
 

@@ -4,13 +4,13 @@ A server built on :class:`SocketHealthCheckServer` binds in the caller's thread,
 serves from one I/O thread (a selectors loop) while the alive callback runs on a second
 thread, behind a deadline. The parts live in their own modules (``docs/engine.md``):
 
-- ``_listeners``: binding, refusing and resuming the listening sockets;
-- ``_loop``: the selector loop, its waker and deadlines, and its supervisor;
-- ``_evaluator``: the thread that runs the user's code;
-- ``_transport``: one client connection's socket;
-- ``_verdicts``: verdicts and debug texts shared among the probes that wait;
-- ``_engine``: one running server's parts, and accepting connections;
-- ``_protocol``: what a protocol (``_httpproto``, ``_tcp``) may ask of all that.
+- ``.listeners``: binding, refusing and resuming the listening sockets;
+- ``.loop``: the selector loop, its waker and deadlines, and its supervisor;
+- ``.evaluator``: the thread that runs the user's code;
+- ``.transport``: one client connection's socket;
+- ``.verdicts``: verdicts and debug texts shared among the probes that wait;
+- ``.engine``: one running server's parts, and accepting connections;
+- ``.protocol``: what a protocol (``.._http.protocol``, ``.._tcp.protocol``) may ask of all that.
 
 A subclass names its protocol with :meth:`_make_protocol` and may watch verdicts with
 :meth:`_observe` and the start of the loop with :meth:`_on_start`.
@@ -24,15 +24,15 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from ._engine import Engine
-from ._listeners import close_all_in_child, display, record
-from ._loop import safe_log
-from ._protocol import BaseProtocol, Services
-from ._transport import RECV_SIZE
-from ._verdicts import Verdicts, checked
-from .health_check_server import HealthCheckServer
-from .logging import get_logger
-from .status import HealthStatus, Verdict, check_seconds
+from ..health_check_server import HealthCheckServer
+from ..logging import get_logger
+from ..status import HealthStatus, Verdict, check_seconds
+from .engine import Engine
+from .listeners import close_all_in_child, display, record
+from .loop import safe_log
+from .protocol import BaseProtocol, Services
+from .transport import RECV_SIZE
+from .verdicts import Verdicts, checked
 
 __all__ = [
     "DEFAULT_CALLBACK_TIMEOUT",

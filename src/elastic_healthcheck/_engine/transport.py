@@ -19,9 +19,9 @@ import selectors
 import socket
 from collections.abc import Callable
 
-from ._loop import Loop, safe_log
-from ._protocol import BaseProtocol
-from .logging import get_logger
+from ..logging import get_logger
+from .loop import Loop, safe_log
+from .protocol import BaseProtocol
 
 log = get_logger(__name__)
 

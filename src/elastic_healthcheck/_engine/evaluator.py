@@ -6,7 +6,7 @@ there), so a hung callback costs one thread and no pile-up.
 
 No Python-level lock is taken on the way in or out: jobs travel through a
 ``SimpleQueue`` (implemented in C) and results go back through the loop's
-:meth:`~elastic_healthcheck._loop.Loop.call_soon`, so an exception raised by a signal
+:meth:`~elastic_healthcheck._engine.loop.Loop.call_soon`, so an exception raised by a signal
 handler in the middle of ``stop()`` cannot leave a lock held that the next ``stop()`` or
 this thread would wait on forever.
 """

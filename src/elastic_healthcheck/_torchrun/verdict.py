@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ._rankrecord import RankSnapshot
-from .status import HealthStatus, Verdict, evaluate
+from ..status import HealthStatus, Verdict, evaluate
+from .record import RankSnapshot
 
 __all__ = ["RANK_STATES", "activity", "group_status", "rank_state"]
 

@@ -4,146 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._protocol import BaseProtocol, Services, StateEnum, StateMachine, Transport
-from ._server import (
+from .._engine.protocol import BaseProtocol, Services
+from .._engine.server import (
     DEFAULT_CALLBACK_TIMEOUT,
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     SocketHealthCheckServer,
 )
-from .status import HealthStatus, Verdict, check_seconds
+from ..status import HealthStatus, check_seconds
+from .line import agent_check_line, status_line
+from .protocol import TCPProtocol
 
-__all__ = ["TRANSITIONS", "TCPEvent", "TCPHealthCheckServer", "TCPProtocol", "TCPState"]
+__all__ = ["TCPHealthCheckServer"]
 
 # Seconds between the server's own verdicts (refuse_while_dead): how late a death is
 # refused and a recovered agent is reachable again, at one callback call each time.
 # kubelet probes every 10 s by default (periodSeconds), Consul's TCP checks are configured
 # in seconds too, so 1 s adds little to what a prober notices anyway.
 DEFAULT_RECHECK_INTERVAL = 1.0
-
-# Characters of an ``unknown`` reason at most, so the line stays one small segment
-# (kubelet reads 10 KiB, Consul and Docker keep 4 KB of output; ours are a few dozen).
-MAX_REASON = 200
-
-# C0 controls and DEL become spaces: the reason must never end or split the line.
-_CONTROLS = {code: " " for code in [*range(32), 127]}
-
-
-def status_line(status: HealthStatus) -> bytes:
-    """The line :class:`TCPHealthCheckServer` writes for ``status``.
-
-    >>> status_line(HealthStatus(Verdict.ALIVE, 60.0, last_progress=0.0, age=3.04))
-    b'alive age=3.0 timeout=60\\n'
-    >>> status_line(HealthStatus.unknown(60.0, "callback raised KeyError"))
-    b'unknown timeout=60 reason=callback raised KeyError\\n'
-
-    Args:
-        status: The verdict to render.
-
-    Returns:
-        One ASCII line ending in ``\\n``; see :class:`TCPHealthCheckServer` for the grammar.
-    """
-    if status.verdict is Verdict.UNKNOWN:
-        reason = (status.reason or "no reason given").translate(_CONTROLS)
-        if len(reason) > MAX_REASON:
-            reason = reason[: MAX_REASON - 3] + "..."
-        line = f"unknown timeout={status.timeout:g} reason={reason}\n"
-    else:
-        age = status.age if status.age is not None else 0.0
-        line = f"{status.verdict.value} age={age:.1f} timeout={status.timeout:g}\n"
-    return line.encode("ascii", errors="replace")
-
-
-def agent_check_line(status: HealthStatus) -> bytes:
-    """The line :class:`TCPHealthCheckServer` writes for ``status`` with ``agent_check=True``.
-
-    HAProxy's agent-check acts on the words ``up`` and ``down`` and shows what follows a
-    ``#`` as the description, so our whole line goes there, where no word of a reason can
-    be taken for a command (https://docs.haproxy.org/2.6/configuration.html#5.2-agent-check).
-
-    >>> agent_check_line(HealthStatus(Verdict.ALIVE, 60.0, last_progress=0.0, age=3.04))
-    b'up #alive age=3.0 timeout=60\\n'
-    >>> agent_check_line(HealthStatus.unknown(60.0, "callback raised KeyError"))
-    b'down #unknown timeout=60 reason=callback raised KeyError\\n'
-
-    Args:
-        status: The verdict to render.
-
-    Returns:
-        ``up #<line>`` while alive, ``down #<line>`` otherwise, where ``<line>`` is
-        :func:`status_line`'s.
-    """
-    return (b"up #" if status.alive else b"down #") + status_line(status)
-
-
-class TCPState(StateEnum):
-    """Where one TCP status connection is."""
-
-    WAITING = "waiting"  # for the verdict; input is read and dropped
-    HALF_CLOSED = "half-closed"  # waiting, and the client sent its last byte
-    CLOSED = "closed"  # the line is written; the connection closes
-
-
-class TCPEvent(StateEnum):
-    """What moves a TCP status connection."""
-
-    INPUT = "input"  # bytes from the client (HAProxy's agent-send): dropped
-    EOF = "eof"  # the client will send nothing more (ncat at the end of its input)
-    ANSWER = "answer"  # the line is written
-    LOST = "lost"  # the transport closed
-
-
-S, E = TCPState, TCPEvent
-TRANSITIONS: dict[tuple[TCPState, TCPEvent], TCPState] = {
-    (S.WAITING, E.INPUT): S.WAITING,
-    (S.WAITING, E.EOF): S.HALF_CLOSED,
-    (S.WAITING, E.ANSWER): S.CLOSED,
-    (S.WAITING, E.LOST): S.CLOSED,
-    (S.HALF_CLOSED, E.ANSWER): S.CLOSED,
-    (S.HALF_CLOSED, E.LOST): S.CLOSED,
-    (S.CLOSED, E.LOST): S.CLOSED,
-}
-del S, E
-
-
-class TCPProtocol(BaseProtocol):
-    """One TCP status connection: ask for the verdict, write its line, close."""
-
-    def __init__(self, services: Services, render: Callable[[HealthStatus], bytes]) -> None:
-        self._services = services
-        self._render = render
-        self._machine = StateMachine(TRANSITIONS, TCPState.WAITING)
-        self._got_input = False
-
-    @property
-    def state(self) -> TCPState:
-        return self._machine.state
-
-    def connection_made(self, transport: Transport) -> None:
-        super().connection_made(transport)
-        self._services.request_status(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self._machine.state is TCPState.WAITING:
-            self._machine.fire(TCPEvent.INPUT)
-            self._got_input = True  # so the close will be graceful
-
-    def eof_received(self) -> bool:
-        if self._machine.state is TCPState.WAITING:
-            self._machine.fire(TCPEvent.EOF)
-            return True  # the client still wants its line
-        return False
-
-    def status_received(self, status: HealthStatus) -> None:
-        self._machine.fire(TCPEvent.ANSWER)
-        self._services.count_probe(status)
-        self.transport.write(self._render(status))
-        # Input seen: the client may send more, linger. None seen: look whether some
-        # arrived since the loop last read (the line must not be lost to a reset).
-        self.transport.close(linger=True if self._got_input else None)
-
-    def connection_lost(self) -> None:
-        self._machine.fire(TCPEvent.LOST)
 
 
 class TCPHealthCheckServer(SocketHealthCheckServer):

@@ -1,7 +1,7 @@
 """The HTTP/1.1 protocol of the health-check server: a state machine, bytes in, bytes out.
 
 No I/O here: :class:`HTTPProtocol` receives bytes and events from a transport and answers
-through it (see ``_protocol``). Its connection states are :class:`HTTPState`, moved only
+through it (see ``.._engine.protocol``). Its connection states are :class:`HTTPState`, moved only
 by the events of :data:`TRANSITIONS`; the routes are the data in :data:`ROUTES`.
 """
 
@@ -13,7 +13,11 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 
-from ._httpwire import (
+from .._engine.protocol import BaseProtocol, Services, StateEnum, StateMachine, Transport
+from ..status import HealthStatus, Verdict
+from .prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .prometheus import render_metrics
+from .wire import (
     ALLOW,
     MAX_REQUEST_LINE,
     HTTPError,
@@ -25,10 +29,6 @@ from ._httpwire import (
     parse_request,
     reason_phrase,
 )
-from ._prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ._prometheus import render_metrics
-from ._protocol import BaseProtocol, Services, StateEnum, StateMachine, Transport
-from .status import HealthStatus, Verdict
 
 __all__ = [
     "MAX_BUFFERED_INPUT",

@@ -2,11 +2,11 @@
 
 The torch integration starts each worker as::
 
-    python -u -m elastic_healthcheck._bootstrap SCRIPT ARGS...
-    python -u -m elastic_healthcheck._bootstrap -m MODULE ARGS...
+    python -u -m elastic_healthcheck._torchrun.bootstrap SCRIPT ARGS...
+    python -u -m elastic_healthcheck._torchrun.bootstrap -m MODULE ARGS...
 
 instead of torchrun's ``python -u [-m] SCRIPT ARGS...``. Before the script runs, this
-module opens the local rank's record (see ``_rankrecord``) and marks the worker's start,
+module opens the local rank's record (see ``.record``) and marks the worker's start,
 registers ``faulthandler`` on the agent's stack signal (all threads' stacks, appended to
 the rank's stack file; it runs in C, so it works while the main thread is blocked in a
 collective), and installs a one-shot import hook: when the script imports ``torch``,
@@ -42,8 +42,8 @@ import os
 import sys
 import types
 
-from . import worker
-from ._rankrecord import (
+from .. import worker
+from .record import (
     COLLECTIVES,
     ENV_DIR,
     ENV_LOCAL_RANK,
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-USAGE = "usage: python -m elastic_healthcheck._bootstrap (SCRIPT | -m MODULE) [ARGS...]"
+USAGE = "usage: python -m elastic_healthcheck._torchrun.bootstrap (SCRIPT | -m MODULE) [ARGS...]"
 
 # This process's state, kept so that nothing is collected while the script runs.
 _record: RankRecord | None = None
@@ -429,6 +429,6 @@ def _exit_cannot_open(path: str, exc: OSError) -> NoReturn:
 if __name__ == "__main__":
     # Run from the package module, not this copy: its hooks and state are the ones that the
     # worker module and a later import see.
-    from elastic_healthcheck._bootstrap import main as _main
+    from elastic_healthcheck._torchrun.bootstrap import main as _main
 
     _main()
