@@ -6,6 +6,7 @@ at 80.25 s without progress, local rank 0 (global 6) waiting for it in all_reduc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from elastic_healthcheck._torchrun.record import RankSnapshot
@@ -14,7 +15,7 @@ from elastic_healthcheck._torchrun.verdict import group_status
 NOW = 1_795_600_300.0
 
 
-def torchrun_detail() -> dict[str, Any]:
+def torchrun_detail() -> Mapping[str, Any]:
     """The detail of a real dead verdict: every key /metrics renders is in it."""
     ranks = {
         "0": RankSnapshot(
@@ -48,4 +49,4 @@ def torchrun_detail() -> dict[str, Any]:
         extra={"restarts": 1, "hang_restarts": 0, "run_id": "job-42"},
     )
     assert status.detail is not None and status.detail["suspect_ranks"] == ["1"]
-    return dict(status.detail)
+    return status.detail  # the typed verdict: it offers its /metrics families too

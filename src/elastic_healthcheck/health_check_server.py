@@ -77,8 +77,18 @@ class HealthCheckServer:
         """
         # status sits above this module in the layering: import it when first needed so
         # the torch-identical module imports nothing but the logging helper.
-        from .status import check_liveness
+        from .status import HealthStatus, check_liveness
 
+        # A status source (the torch integration's agent state) is a callback that knows
+        # the whole verdict: ask it for that, not just for a time.
+        source = getattr(self._alive_callback, "health_status", None)
+        if callable(source):
+            try:
+                status: HealthStatus = source()
+            except Exception as exc:
+                reason = f"health_status() of the callback raised {type(exc).__name__}"
+                return HealthStatus.unknown(float(self._timeout), reason)
+            return status
         return check_liveness(self._alive_callback, self._timeout)
 
 

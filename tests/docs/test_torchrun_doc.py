@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from elastic_healthcheck._torchrun.record import FLAG_EXITED, RankSnapshot
-from elastic_healthcheck._torchrun.verdict import group_status
+from elastic_healthcheck._torchrun.seam import TORCH_SEAM
+from elastic_healthcheck._torchrun.verdict import BLAME_RULES, group_status
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "torchrun.md"
 EXAMPLE = re.compile(
@@ -85,3 +86,24 @@ def test_the_body_is_what_the_verdict_answers(example):
     )
     ours = json.loads(json.dumps(status.to_dict()))
     assert close(ours, documented), json.dumps(ours, indent=1)
+
+
+def _section(title: str) -> str:
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(title)
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_the_blame_rules_are_listed_in_the_order_the_code_applies_them():
+    section = _section("Blame goes to the first of these")
+    listed = re.findall(r"^\d+\. \*\*(.+?)\*\*", section, re.M)
+    assert listed == [name for name, _rule in BLAME_RULES]
+
+
+def test_the_table_of_torch_internals_is_the_seam():
+    section = _section("## torch internals used")
+    rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| (\w+) \| (\w+) \| (.+?) \|$", section, re.M)
+    assert rows == [
+        (r.path, r.side, r.how.value, "yes" if r.required else "no", r.needs) for r in TORCH_SEAM
+    ]

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from elastic_healthcheck.status import HealthStatus, evaluate
+from elastic_healthcheck._torchrun.verdict import AgentPhase, GroupVerdict, RankState, RankVerdict
+from elastic_healthcheck.status import HealthStatus, Verdict, evaluate
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -34,27 +35,31 @@ NODES, RANKS = 4, 2
 CULPRIT = (3, 1)
 
 
-def _detail(node: int) -> dict[str, Any]:
+def _detail(node: int) -> GroupVerdict:
+    """One node's verdict: every rank stalled, the culprit outside all_reduce, one behind."""
     ranks = {}
     for local in range(RANKS):
         culprit = (node, local) == CULPRIT
-        ranks[str(local)] = {
-            "state": "stalled",
-            "age": 95.0 if culprit else 90.0,
-            "rank": node * RANKS + local,
-            "steps": 50,
-            "collectives": 101 if culprit else 102,
-            "in_collective": None if culprit else "all_reduce",
-            "collective_age": None if culprit else 90.0,
-        }
-    return {
-        "phase": "running",
-        "run_id": "llama-1",
-        "restarts": 0,
-        "hang_restarts": 0,
-        "ranks": ranks,
-        "suspect_ranks": [],
-    }
+        ranks[str(local)] = RankVerdict(
+            state=RankState.STALLED,
+            age=95.0 if culprit else 90.0,
+            rank=node * RANKS + local,
+            pid=None,
+            steps=50,
+            collectives=101 if culprit else 102,
+            in_collective=None if culprit else "all_reduce",
+            collective_age=None if culprit else 90.0,
+        )
+    return GroupVerdict(
+        verdict=Verdict.DEAD,
+        timeout=60.0,
+        last_progress=None,
+        age=None,
+        phase=AgentPhase.RUNNING,
+        counters={"restarts": 0, "hang_restarts": 0, "run_id": "llama-1"},
+        ranks=ranks,
+        suspects=(),
+    )
 
 
 def _listening_port(pid: int) -> int | None:
@@ -124,7 +129,7 @@ def prometheus(tmp_path: Path, server_factory) -> Iterator[Prometheus]:
         detail = _detail(node)
         server = server_factory(timeout=60)
 
-        def status(detail: dict[str, Any] = detail) -> HealthStatus:
+        def status(detail: GroupVerdict = detail) -> HealthStatus:
             now = time.time()
             return evaluate(now - 95.0, 60, now).with_detail(detail)
 

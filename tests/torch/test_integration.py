@@ -2,31 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import socket
 import sys
 import time
+from typing import Any
 
 import pytest
-from torch.distributed.elastic.agent.server import api, local_elastic_agent
+from torch.distributed.elastic.agent.server import local_elastic_agent
 
 from elastic_healthcheck import HealthCheckServer, HTTPHealthCheckServer, torchelastic
+from elastic_healthcheck._torchrun import spawn
 from elastic_healthcheck._torchrun.record import RankRecord, record_path
+from elastic_healthcheck._torchrun.seam import TORCH_SEAM, How, TorchMismatchError
 
 from ..servers.client import request
 
 BOOTSTRAP = "elastic_healthcheck._torchrun.bootstrap"
 
+# Every agent-side row of torch's seam that is replaced or wrapped: what install() patches.
 PATCHED = [
-    (local_elastic_agent, "create_healthcheck_server"),
-    (api.SimpleElasticAgent, "run"),
-    (api.SimpleElasticAgent, "_rendezvous"),
-    (local_elastic_agent.LocalElasticAgent, "_start_workers"),
-    (local_elastic_agent.LocalElasticAgent, "_stop_workers"),
-    (api.SimpleElasticAgent, "_exit_barrier"),
+    (importlib.import_module(r.module), r.name)
+    for r in TORCH_SEAM
+    if r.side == "agent" and r.how is not How.READ
 ]
+
+
+def _owner_and_name(module: object, name: str) -> tuple[object, str]:
+    *path, attribute = name.split(".")
+    for part in path:
+        module = getattr(module, part)
+    return module, attribute
+
+
+def _current(module: object, name: str) -> object:
+    owner, attribute = _owner_and_name(module, name)
+    return getattr(owner, attribute)
 
 
 @pytest.fixture
@@ -36,11 +50,56 @@ def integration():
     installed.uninstall()
 
 
-def test_install_patches_and_uninstall_restores_torch():
-    originals = [getattr(owner, name) for owner, name in PATCHED]
+def test_install_patches_every_row_of_the_seam_and_uninstall_restores_torch():
+    assert len(PATCHED) == 8  # the table's agent side, as docs/torchrun.md lists it
+    originals = [_current(module, name) for module, name in PATCHED]
+    with torchelastic.install(host="127.0.0.1") as integration:
+        now = [_current(module, name) for module, name in PATCHED]
+        assert all(ours is not theirs for ours, theirs in zip(now, originals, strict=True))
+        assert len(integration._patches.patched) == len(PATCHED)
+    assert [_current(module, name) for module, name in PATCHED] == originals
+
+
+def test_the_spawn_wrapper_takes_any_call_shape(integration):
+    """torch may pass start_processes' arguments by position: ours reads them either way."""
+    seen: dict[str, Any] = {}
+
+    def start_processes(name, entrypoint, args, envs, logs_specs=None):
+        seen.update(entrypoint=entrypoint, args=args, envs=envs, logs_specs=logs_specs)
+        return "pcontext"
+
+    wrapped = integration._spawner.wrap(start_processes)
+    envs, args = {0: {"RANK": "0"}}, {0: ("-u", "t.py")}
+    assert wrapped("trainer", sys.executable, args, envs, "specs") == "pcontext"
+    assert seen["args"][0] == ("-u", "-m", BOOTSTRAP, "t.py")
+    assert seen["envs"][0]["ELASTIC_HEALTHCHECK_WORKER_LOCAL_RANK"] == "0"
+    assert seen["logs_specs"] == "specs"
+    # A call it cannot read goes to torch as it came.
+    assert wrapped("trainer", sys.executable, "not-a-mapping", envs) == "pcontext"
+    assert seen["args"] == "not-a-mapping"
+
+
+def test_a_torch_without_the_required_internal_is_a_mismatch_and_leaves_torch_alone(
+    monkeypatch,
+):
+    monkeypatch.delattr(local_elastic_agent, "create_healthcheck_server")
+    start = _current(local_elastic_agent, "LocalElasticAgent._start_workers")
+    with pytest.raises(TorchMismatchError, match="has no .*create_healthcheck_server"):
+        torchelastic.install(host="127.0.0.1")
+    assert _current(local_elastic_agent, "LocalElasticAgent._start_workers") is start
+    monkeypatch.undo()
+    with torchelastic.install(host="127.0.0.1"):  # nothing was left installed
+        pass
+
+
+def test_a_missing_optional_internal_is_one_warning_naming_it(monkeypatch, caplog):
+    monkeypatch.delattr(local_elastic_agent.LocalElasticAgent, "_stop_workers")
     with torchelastic.install(host="127.0.0.1"):
-        assert all(getattr(o, n) is not f for (o, n), f in zip(PATCHED, originals, strict=True))
-    assert [getattr(owner, name) for owner, name in PATCHED] == originals
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "LocalElasticAgent._stop_workers" in warnings[0]
+    assert "proven torch versions" in warnings[0]
 
 
 def test_install_twice_is_refused(integration):
@@ -99,11 +158,15 @@ def test_every_rank_of_the_group_is_judged_from_its_record(integration):
         record = RankRecord(record_path(integration.rank_dir, rank))
         record.progress()
         record.close()
-    status = integration._state.status(now=time.time() + 8.0)  # timeout=5: 0 and 1 stalled
+    status = integration._state.verdict(
+        now=time.time() + 8.0
+    ).to_status()  # timeout=5: 0 and 1 stalled
     assert set(status.detail["ranks"]) == {"0", "1", "2"}
     assert [status.detail["ranks"][r]["state"] for r in "012"] == ["stalled"] * 2 + ["starting"]
     assert status.verdict == "alive"  # rank 2 is still within the startup timeout
-    status = integration._state.status(now=now + torchelastic.DEFAULT_STARTUP_TIMEOUT + 1)
+    status = integration._state.verdict(
+        now=now + torchelastic.DEFAULT_STARTUP_TIMEOUT + 1
+    ).to_status()
     assert status.verdict == "dead"
     assert status.detail["suspect_ranks"] == ["2"]
 
@@ -155,7 +218,7 @@ def test_bad_timeout_variable_is_a_clear_error(monkeypatch):
     ],
 )
 def test_worker_arguments_go_through_the_bootstrap(args, expected):
-    assert torchelastic._bootstrap_args(args) == expected
+    assert spawn.bootstrap_args(args) == expected
 
 
 @pytest.mark.parametrize(
@@ -164,7 +227,7 @@ def test_worker_arguments_go_through_the_bootstrap(args, expected):
 )
 def test_only_a_python_entrypoint_gets_the_bootstrap(entrypoint, is_python):
     """--no-python runs the script itself: it is started exactly as plain torchrun does."""
-    assert torchelastic._is_python(entrypoint) is is_python
+    assert spawn.is_python(entrypoint) is is_python
 
 
 def test_spawned_workers_get_their_record_and_environment(integration):

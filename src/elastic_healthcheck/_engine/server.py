@@ -239,8 +239,13 @@ class SocketHealthCheckServer(HealthCheckServer):
         """A text for ``GET /debug/<name>`` (HTTP with ``debug=True``); ``None``: no such text.
 
         Runs on the callback thread, behind ``callback_timeout``. Override it to expose
-        diagnostics (the torch integration shows its workers' stacks).
+        diagnostics. By default a status source's own ``debug_text(name)`` answers (the
+        torch integration's shows its workers' stacks).
         """
+        source = getattr(self._alive_callback, "debug_text", None)
+        if callable(source):
+            text: str | None = source(name)
+            return text
         return None
 
     def __enter__(self) -> SocketHealthCheckServer:

@@ -1,8 +1,13 @@
 """What the torch agent is doing and how its local ranks progress: the server's status source.
 
 The agent's main thread writes it (phase, the current worker group, counters); the
-server's callback thread reads it. Every field is replaced whole, never mutated, so a
+server's evaluator thread reads it. Every field is replaced whole, never mutated, so a
 reader sees one value or the next. The verdict itself is :mod:`.verdict`'s.
+
+An :class:`AgentState` is the server's ``alive_callback``, and more: a *status source*.
+Servers ask its :meth:`~AgentState.health_status` for the whole verdict, and
+:meth:`~AgentState.debug_text` for ``/debug/<name>``; called as a plain callback, it
+returns the combined last progress time, so any server kind can serve it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable, Mapping
 
 from ..status import HealthStatus, Verdict, evaluate
 from .record import RankSnapshot, read_record, record_path
-from .verdict import group_status
+from .verdict import AgentPhase, GroupVerdict, Observation, decide
 
 __all__ = ["TORCH_TIMEOUT", "AgentState", "GroupView", "process_gone"]
 
@@ -36,13 +41,13 @@ class GroupView:
 class AgentState:
     """What the agent is doing and how its ranks progress; the server's status source.
 
-    Read on the server's callback thread, written by the agent's main thread: every field
+    Read on the server's evaluator thread, written by the agent's main thread: every field
     is replaced whole, never mutated, so a reader sees one value or the next.
     """
 
     def __init__(self, rank_dir: str, timeout: float | None, startup_timeout: float) -> None:
         self.rank_dir = rank_dir
-        self.phase = "starting"
+        self.phase = AgentPhase.STARTING
         self.callback: Callable[[], object] | None = None
         self.override_timeout = timeout
         self.torch_timeout = TORCH_TIMEOUT
@@ -52,6 +57,8 @@ class AgentState:
         self.restarts = 0
         self.hang_restarts = 0
         self.last_hang_restart: Mapping[str, object] | None = None
+        # What /debug/<name> serves: name -> a function of the current verdict.
+        self.debug_pages: Mapping[str, Callable[[GroupVerdict], str]] = {}
 
     @property
     def timeout(self) -> float:
@@ -88,9 +95,23 @@ class AgentState:
                 except OSError:
                     pass
 
+    def counters(self) -> dict[str, object]:
+        """The agent's counters, as the body shows them."""
+        counters: dict[str, object] = {
+            "restarts": self.restarts,
+            "hang_restarts": self.hang_restarts,
+        }
+        if self.run_id is not None:
+            counters["run_id"] = self.run_id
+        if self.last_hang_restart is not None:
+            counters["last_hang_restart"] = dict(self.last_hang_restart)
+        return counters
+
+    # -- what a server asks -----------------------------------------------------------
+
     def __call__(self) -> float:
         """The combined last progress time: a plain alive_callback for any server kind."""
-        status = self.status()
+        status = self.health_status()
         if status.last_progress is None:
             raise RuntimeError(status.reason or "no progress time")
         if not status.alive:
@@ -98,45 +119,58 @@ class AgentState:
             return min(status.last_progress, time.time() - status.timeout - 1.0)
         return status.last_progress
 
-    def extra(self) -> dict[str, object]:
-        extra: dict[str, object] = {"restarts": self.restarts, "hang_restarts": self.hang_restarts}
-        if self.run_id is not None:
-            extra["run_id"] = self.run_id
-        if self.last_hang_restart is not None:
-            extra["last_hang_restart"] = dict(self.last_hang_restart)
-        return extra
+    def health_status(self) -> HealthStatus:
+        """The verdict, as servers serve it (its detail is the :class:`GroupVerdict`)."""
+        return self.verdict().to_status()
 
-    def status(self, now: float | None = None) -> HealthStatus:
-        """The verdict: the phase's, or while running the ranks' (see .verdict)."""
+    def debug_text(self, name: str) -> str | None:
+        """``/debug/<name>``: a page of :attr:`debug_pages`, or ``None`` (404)."""
+        page = self.debug_pages.get(name)
+        return None if page is None else page(self.verdict())
+
+    def verdict(self, now: float | None = None) -> GroupVerdict:
+        """The verdict: the phase's, or while running the ranks' (see :mod:`.verdict`)."""
         phase, callback, timeout, group = self.phase, self.callback, self.timeout, self.group
         if now is None:
             now = time.time()
-        agent_last: float | None = None
-        if phase == "running" and callback is not None:
+        running = phase is AgentPhase.RUNNING
+        agent_last, problem = None, None
+        if running and callback is not None:
             # No callback: the agent did not ask for a server (no TORCHELASTIC_HEALTH_CHECK_PORT
             # in its environment); the ranks still count.
-            try:
-                value = callback()
-            except Exception as exc:
-                status = HealthStatus.unknown(
-                    timeout, f"agent callback raised {type(exc).__name__}"
-                )
-                return status.with_detail({"phase": phase, **self.extra()})
-            checked = evaluate(value, timeout, now)
-            if checked.verdict is Verdict.UNKNOWN or checked.last_progress is None:
-                return checked.with_detail({"phase": phase, **self.extra()})
-            agent_last = checked.last_progress
-        return group_status(
-            phase=phase,
-            now=now,
-            timeout=timeout,
-            startup_timeout=self.startup_timeout,
-            group_start=group.start if group is not None else None,
-            ranks=self.snapshots() if phase == "running" else {},
-            exited=self.exited() if phase == "running" else frozenset(),
-            agent_last=agent_last,
-            extra=self.extra(),
+            agent_last, problem = _agent_progress(callback, timeout, now)
+        counters = self.counters()
+        if problem is not None:
+            return GroupVerdict(
+                Verdict.UNKNOWN, timeout, None, None, phase, counters, reason=problem
+            )
+        return decide(
+            Observation(
+                phase=phase,
+                now=now,
+                timeout=timeout,
+                startup_timeout=self.startup_timeout,
+                group_start=group.start if group is not None else None,
+                ranks=self.snapshots() if running else {},
+                exited=self.exited() if running else frozenset(),
+                agent_last=agent_last,
+                counters=counters,
+            )
         )
+
+
+def _agent_progress(
+    callback: Callable[[], object], timeout: float, now: float
+) -> tuple[float | None, str | None]:
+    """What torch's own callback says: its last progress time, or why there is none."""
+    try:
+        value = callback()
+    except Exception as exc:
+        return None, f"agent callback raised {type(exc).__name__}"
+    checked = evaluate(value, timeout, now)
+    if checked.verdict is Verdict.UNKNOWN or checked.last_progress is None:
+        return None, checked.reason
+    return checked.last_progress, None
 
 
 def process_gone(pid: int) -> bool:

@@ -12,20 +12,21 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
 
 from ..logging import get_logger
-from ..status import HealthStatus, Verdict
-from .agentstate import AgentState, process_gone
+from ..status import Verdict
+from .agentstate import AgentState, GroupView, process_gone
 from .record import FLAG_STACKS, read_record, record_path, stack_path
 from .stacks import capture_stack
+from .verdict import AgentPhase, GroupVerdict, RankState
 
-__all__ = ["HANG_GRACE", "STACK_DEADLINE", "HangWatch", "end_processes"]
+__all__ = ["HANG_GRACE", "ON_HANG", "STACK_DEADLINE", "HangWatch", "end_processes"]
 
 log = get_logger(__name__)
 
 HANG_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a hung worker group
 STACK_DEADLINE = 2.0  # seconds to collect every stalled rank's stacks
+ON_HANG = ("report", "restart")
 
 
 def end_processes(pids: list[int], grace: float) -> None:
@@ -60,74 +61,103 @@ def _signal(pid: int, signum: int) -> None:
 
 
 class HangWatch:
-    """Sees the verdict turn dead while running, once per hang; captures and logs stacks."""
+    """Sees the verdict turn dead while running, once per hang; captures and logs stacks.
 
-    def __init__(self, state: AgentState) -> None:
+    With ``on_hang="restart"`` it also ends the hung worker group, once per group.
+    """
+
+    def __init__(self, state: AgentState, on_hang: str = "report") -> None:
         self._state = state
+        self._on_hang = on_hang
         self._dead = False
         self._stacks: dict[str, str] = {}
         self._captured_at: float | None = None
+        self._ended: GroupView | None = None  # the worker group ended for a hang, if any
 
     def new_group(self) -> None:
         self._dead = False
 
-    def observe(self, status: HealthStatus) -> bool:
+    def tick(self, remaining_restarts: object) -> None:
+        """On the agent's monitor tick: see a hang, capture its stacks, act on it."""
+        if self._state.phase is not AgentPhase.RUNNING:
+            return
+        verdict = self._state.verdict()
+        if self.observe(verdict) and self._on_hang == "restart":
+            self._end_group(verdict, remaining_restarts)
+
+    def observe(self, verdict: GroupVerdict) -> bool:
         """True once when the running verdict turns dead (stacks captured and logged)."""
-        dead = status.verdict is Verdict.DEAD
+        dead = verdict.verdict is Verdict.DEAD
         turned = dead and not self._dead
         self._dead = dead
         if turned:
-            self._capture(status)
+            self._capture(verdict)
         return turned
 
-    def _capture(self, status: HealthStatus) -> None:
-        detail = status.detail or {}
-        ranks = detail.get("ranks")
-        if not isinstance(ranks, Mapping):
+    def _capture(self, verdict: GroupVerdict) -> None:
+        if not verdict.ranks:
             return
         deadline = time.monotonic() + STACK_DEADLINE
         stacks: dict[str, str] = {}
-        for rank, info in ranks.items():
-            if not isinstance(info, Mapping) or info.get("state") not in ("stalled", "starting"):
-                continue
-            snapshot = read_record(record_path(self._state.rank_dir, rank))
-            if (
-                snapshot is None
-                or not snapshot.flags & FLAG_STACKS  # no handler: the signal would kill it
-                or snapshot.exited
-                or not snapshot.pid
-            ):
-                stacks[rank] = "(no stack: the worker did not start through the bootstrap)\n"
-                continue
-            text = capture_stack(snapshot.pid, stack_path(self._state.rank_dir, rank), deadline)
-            stacks[rank] = text if text else "(no stack: the worker did not answer in time)\n"
+        for rank, info in verdict.ranks.items():
+            if info.state in (RankState.STALLED, RankState.STARTING):
+                stacks[rank] = self._stack_of(rank, deadline)
         self._stacks, self._captured_at = stacks, time.time()
         for rank, text in stacks.items():
-            info = ranks[rank]
-            assert isinstance(info, Mapping)
+            info = verdict.ranks[rank]
             log.warning(
                 "Local rank %s (rank %s, pid %s) is %s: no progress for %.1f s%s; %s. "
                 "Its Python stacks:\n%s",
                 rank,
-                info.get("rank"),
-                info.get("pid"),
-                info.get("state"),
-                info.get("age") or 0.0,
-                f", inside {info['in_collective']}" if info.get("in_collective") else "",
-                detail.get("summary", ""),
+                info.rank,
+                info.pid,
+                info.state.value,
+                info.age,
+                f", inside {info.in_collective}" if info.in_collective else "",
+                verdict.summary or "",
                 text.rstrip("\n"),
             )
 
-    def report(self, status: HealthStatus) -> str:
+    def _stack_of(self, rank: str, deadline: float) -> str:
+        snapshot = read_record(record_path(self._state.rank_dir, rank))
+        if (
+            snapshot is None
+            or not snapshot.flags & FLAG_STACKS  # no handler: the signal would kill it
+            or snapshot.exited
+            or not snapshot.pid
+        ):
+            return "(no stack: the worker did not start through the bootstrap)\n"
+        text = capture_stack(snapshot.pid, stack_path(self._state.rank_dir, rank), deadline)
+        return text if text else "(no stack: the worker did not answer in time)\n"
+
+    def _end_group(self, verdict: GroupVerdict, remaining_restarts: object) -> None:
+        state = self._state
+        group = state.group
+        if group is None or not group.pids or self._ended is group:
+            return  # exactly once per hang: this group is being torn down already
+        self._ended = group
+        log.warning(
+            "Ending the hung worker group (%s; no progress for %.1f s) so that torchrun %s",
+            verdict.summary or "stalled",
+            verdict.age or 0.0,
+            "restarts it" if remaining_restarts else "ends the job: no restarts are left",
+        )
+        state.hang_restarts += 1
+        state.last_hang_restart = {
+            "at": round(time.time(), 3),
+            "suspect_ranks": list(verdict.suspects or ()),
+            "stalled_for": verdict.age,
+            "summary": verdict.summary,
+        }
+        end_processes(list(group.pids.values()), HANG_GRACE)
+
+    def report(self, verdict: GroupVerdict) -> str:
         """Plain text: the verdict's summary, each rank's line, the latest stacks."""
-        detail = status.detail or {}
-        lines = [f"verdict: {status.verdict.value}", f"phase: {detail.get('phase')}"]
-        if "summary" in detail:
-            lines.append(f"summary: {detail['summary']}")
-        ranks = detail.get("ranks")
-        if isinstance(ranks, Mapping):
-            for rank, info in ranks.items():
-                lines.append(f"local rank {rank}: {json.dumps(info, sort_keys=True)}")
+        lines = [f"verdict: {verdict.verdict.value}", f"phase: {verdict.phase.value}"]
+        if verdict.summary is not None:
+            lines.append(f"summary: {verdict.summary}")
+        for rank, info in (verdict.ranks or {}).items():
+            lines.append(f"local rank {rank}: {json.dumps(info.to_detail(), sort_keys=True)}")
         if self._captured_at is None:
             lines.append("stacks: none captured yet (they are taken when the verdict turns dead)")
         else:
