@@ -25,7 +25,7 @@ def torchrun_detail() -> Mapping[str, Any]:
             progress_time=NOW - 75.5,
             steps=120,
             entered=240,
-            left=239,
+            depth=1,
             collective="all_reduce",
             collective_since=NOW - 75.0,
         ),
@@ -36,7 +36,6 @@ def torchrun_detail() -> Mapping[str, Any]:
             progress_time=NOW - 80.25,
             steps=120,
             entered=239,
-            left=239,
         ),
     }
     status = group_status(

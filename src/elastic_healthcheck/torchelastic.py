@@ -47,7 +47,7 @@ from ._torchrun.hangwatch import ON_HANG, HangWatch
 from ._torchrun.seam import PROVEN_TORCH as PROVEN_TORCH
 from ._torchrun.seam import TORCH_SEAM, Patches, Reliance, TorchMismatchError
 from ._torchrun.spawn import Spawner
-from ._torchrun.verdict import AgentPhase, GroupVerdict
+from ._torchrun.verdict import DEFAULT_PHASE_TIMEOUT, AgentPhase, GroupVerdict
 from .health_check_server import HealthCheckServer
 from .logging import get_logger
 from .status import HealthStatus
@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_STARTUP_TIMEOUT",
     "ENV_BOOTSTRAP",
     "ENV_ON_HANG",
+    "ENV_PHASE_TIMEOUT",
     "ENV_PORT",
     "ENV_STARTUP_TIMEOUT",
     "ENV_TIMEOUT",
@@ -73,6 +74,7 @@ ENV_TIMEOUT = "ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT"  # overrides the 60 s torch
 ENV_STARTUP_TIMEOUT = "ELASTIC_HEALTHCHECK_TORCHRUN_STARTUP_TIMEOUT"
 ENV_BOOTSTRAP = "ELASTIC_HEALTHCHECK_TORCHRUN_BOOTSTRAP"  # 0 turns the worker bootstrap off
 ENV_ON_HANG = "ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG"  # report (default) or restart
+ENV_PHASE_TIMEOUT = "ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT"
 
 # From a worker group's spawn, how long ranks may go without their first progress (an
 # optimizer step or a beat) before they are blamed. It covers importing torch, the
@@ -114,9 +116,13 @@ class Integration:
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         bootstrap: bool = True,
         on_hang: str = "report",
+        phase_timeout: float = DEFAULT_PHASE_TIMEOUT,
     ) -> None:
         self._state = AgentState(
-            tempfile.mkdtemp(prefix="elastic-healthcheck-ranks-"), timeout, startup_timeout
+            tempfile.mkdtemp(prefix="elastic-healthcheck-ranks-"),
+            timeout,
+            startup_timeout,
+            phase_timeout,
         )
         self._watch = HangWatch(self._state, on_hang)
         self._state.debug_pages = {"ranks": self._watch.report}
@@ -208,7 +214,10 @@ class Integration:
         group = state.group
         if group is not None and isinstance(pids, Mapping):
             state.group = GroupView(
-                group.start, group.local_ranks, {str(r): int(p) for r, p in pids.items()}
+                group.start,
+                group.local_ranks,
+                {str(r): int(p) for r, p in pids.items()},
+                group.world_size,
             )
         try:
             spec = getattr(worker_group, "spec", None)
@@ -298,6 +307,7 @@ def install(
     startup_timeout: float | None = None,
     bootstrap: bool | None = None,
     on_hang: str | None = None,
+    phase_timeout: float | None = None,
     **options: object,
 ) -> Integration:
     """Make torch's elastic agents in this process serve real health checks.
@@ -319,6 +329,9 @@ def install(
         on_hang: ``report`` (answer 503, log the stacks) or ``restart`` (also end the
             hung worker group so that torchrun restarts it); default:
             ``ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG``, else ``report``.
+        phase_timeout: Seconds a rank may stay inside an evaluation, a checkpoint or a
+            named phase without a sign of life (unless the phase sets its own deadline);
+            default: ``ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT``, else 1800.
         options: Server options (``host``, ``callback_timeout``, ...), as for the kind;
             ``ELASTIC_HEALTHCHECK_<OPTION>`` variables apply too.
 
@@ -338,6 +351,9 @@ def install(
     if startup_timeout is None:
         text = os.environ.get(ENV_STARTUP_TIMEOUT, "").strip()
         startup_timeout = _number(ENV_STARTUP_TIMEOUT, text) if text else DEFAULT_STARTUP_TIMEOUT
+    if phase_timeout is None:
+        text = os.environ.get(ENV_PHASE_TIMEOUT, "").strip()
+        phase_timeout = _number(ENV_PHASE_TIMEOUT, text) if text else DEFAULT_PHASE_TIMEOUT
     if bootstrap is None:
         text = os.environ.get(ENV_BOOTSTRAP, "").strip().lower()
         if text not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
@@ -349,7 +365,11 @@ def install(
             raise ValueError(f"{ENV_ON_HANG}={on_hang!r} is not one of {', '.join(ON_HANG)}")
     if on_hang not in ON_HANG:
         raise ValueError(f"on_hang={on_hang!r} is not one of {', '.join(ON_HANG)}")
-    for name, value in (("timeout", timeout), ("startup_timeout", startup_timeout)):
+    for name, value in (
+        ("timeout", timeout),
+        ("startup_timeout", startup_timeout),
+        ("phase_timeout", phase_timeout),
+    ):
         if value is not None and not (0 <= value < float("inf")):
             raise ValueError(f"{name}={value!r} must be a finite number of seconds >= 0")
     with _lock:
@@ -363,6 +383,7 @@ def install(
             startup_timeout=startup_timeout,
             bootstrap=bootstrap,
             on_hang=on_hang,
+            phase_timeout=phase_timeout,
         )
         _installed = integration
     try:

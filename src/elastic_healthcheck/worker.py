@@ -36,14 +36,16 @@ import sys
 
 from ._torchrun.record import ENV_DIR, ENV_LOCAL_RANK, record_path
 
-__all__ = ["ENV_DIR", "ENV_INTERVAL", "beat", "heartbeat_path"]
+__all__ = ["ENV_DIR", "ENV_INTERVAL", "beat", "heartbeat_path", "phase"]
 
 ENV_INTERVAL = "ELASTIC_HEALTHCHECK_WORKER_INTERVAL"  # no longer read; kept for importers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import TracebackType
 
+    from ._torchrun.phases import Phase, PhaseStack
     from ._torchrun.record import RankRecord
 
 
@@ -55,6 +57,7 @@ def _nothing() -> None:
 # _nothing.
 _progress: Callable[[], None] | None = None
 _record: RankRecord | None = None
+_phases: PhaseStack | None = None
 
 
 def heartbeat_path(directory: str, local_rank: str | int) -> str:
@@ -73,11 +76,79 @@ def beat() -> None:
         _stop()
 
 
-def _adopt(record: RankRecord) -> None:
-    """Share the bootstrap's record: beat() then counts into it."""
-    global _progress, _record
+class phase:
+    """Tell the health check what this rank is doing besides training, and for how long.
+
+    Inside the block the rank is judged by the phase's deadline (from its start, or from
+    the last sign of life in it), not by the timeout between optimizer steps; a peer that
+    waits for it in a collective waits, it is not stalled. Evaluation (``model.eval()``)
+    and checkpoints (``torch.save``, ``torch.distributed.checkpoint``, ``safetensors``)
+    are seen without it; name what the bootstrap cannot see::
+
+        from elastic_healthcheck.worker import phase
+
+        with phase("upload", deadline=900):
+            upload_checkpoint_to_object_store()
+
+    Outside the integration it does nothing (about 0.2 us).
+
+    Args:
+        name: What the rank does, as the body and ``/metrics`` show it (at most 32 bytes
+            of UTF-8 are kept).
+        deadline: Seconds the rank may go without a sign of life in the phase before it
+            is stalled; default: the agent's phase timeout (``--health-phase-timeout``).
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: ``name`` is empty, or ``deadline`` is not a finite number > 0.
+    """
+
+    __slots__ = ("_deadline", "_name", "_open")
+
+    def __init__(self, name: str, deadline: float | None = None) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"phase name must be a str, not {type(name).__name__}")
+        if not name.strip():
+            raise ValueError("phase name must not be empty")
+        if deadline is not None and (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or not 0 < deadline < float("inf")
+        ):
+            raise ValueError(
+                f"phase deadline must be a finite number of seconds > 0, not {deadline!r}"
+            )
+        self._name = name
+        self._deadline = float(deadline or 0.0)
+        self._open: Phase | None = None
+
+    def __enter__(self) -> phase:
+        if _progress is None:
+            _set_up()
+        stack = _phases
+        if stack is not None:
+            self._open = stack.push("named", self._name, self._deadline)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        opened, self._open = self._open, None
+        stack = _phases
+        if opened is not None and stack is not None:
+            stack.pop(opened)
+
+
+def _adopt(record: RankRecord, phases: PhaseStack | None = None) -> None:
+    """Share the bootstrap's record (and its phases): beat() then counts into it."""
+    global _progress, _record, _phases
     _record = record
     _progress = record.progress
+    if phases is not None:
+        _phases = phases
 
 
 def _set_up() -> Callable[[], None]:
@@ -87,6 +158,8 @@ def _set_up() -> Callable[[], None]:
     local_rank = os.environ.get(ENV_LOCAL_RANK)
     if not directory or local_rank is None or _in_child_process():
         return _nothing
+
+    from ._torchrun.phases import PhaseStack
     from ._torchrun.record import RankRecord
 
     path = record_path(directory, local_rank)
@@ -106,6 +179,9 @@ def _set_up() -> Callable[[], None]:
         return _nothing
     _record = record
     _progress = record.progress
+    global _phases
+
+    _phases = PhaseStack(record)
     return record.progress
 
 
@@ -154,9 +230,10 @@ def _stop() -> None:
 
 
 def _forget_in_child() -> None:
-    global _progress, _record
+    global _progress, _record, _phases
     _progress = _nothing
     _record = None
+    _phases = None
 
 
 if hasattr(os, "register_at_fork"):

@@ -1,9 +1,10 @@
 """docs/torchrun.md: every JSON body it shows is what the verdict's code answers.
 
-Each example is preceded by ``<!-- verdict: timeout=T startup=S started=A -->`` (the
-timeouts, and how long ago the worker group was spawned). The test rebuilds each rank's
-record from the body (state, age, collectives, where it waits), runs the verdict at the
-same instant, and compares the whole body.
+Each example is preceded by ``<!-- verdict: timeout=T startup=S started=A [world=W]
+[phase_timeout=P] -->`` (the timeouts, how long ago the worker group was spawned, and the
+job's world size). The test rebuilds each rank's record from the body (state, age,
+collectives, where it waits, its phase), runs the verdict at the same instant, and
+compares the whole body.
 """
 
 from __future__ import annotations
@@ -20,11 +21,7 @@ from elastic_healthcheck._torchrun.seam import TORCH_SEAM
 from elastic_healthcheck._torchrun.verdict import BLAME_RULES, group_status
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "torchrun.md"
-EXAMPLE = re.compile(
-    r"<!-- verdict: timeout=(?P<timeout>\S+) startup=(?P<startup>\S+) started=(?P<started>\S+)"
-    r" -->\n```json\n(?P<body>.*?)```",
-    re.S,
-)
+EXAMPLE = re.compile(r"<!-- verdict: (?P<settings>[^>]*?) -->\n```json\n(?P<body>.*?)```", re.S)
 NOW = 1_795_600_300.0  # the instant every example is taken at
 
 
@@ -32,17 +29,24 @@ def examples() -> list[re.Match[str]]:
     return list(EXAMPLE.finditer(DOC.read_text(encoding="utf-8")))
 
 
+def settings(example: re.Match[str]) -> dict[str, float]:
+    return {k: float(v) for k, v in (s.split("=") for s in example["settings"].split())}
+
+
 def snapshot(record: dict[str, Any], started: float) -> RankSnapshot:
     state, age = record["state"], record["age"]
     inside = record["in_collective"]
+    phase = None if record["phase"] == "training" else record["phase"]
     return RankSnapshot(
+        phase=phase,
+        phase_since=NOW - record["phase_age"] if phase else 0.0,
         spawn_time=NOW - started,
         pid=record["pid"],
         global_rank=record["rank"],
         progress_time=0.0 if state == "starting" else NOW - age,
         steps=record["steps"],
         entered=record["collectives"],
-        left=record["collectives"] - (1 if inside else 0),
+        depth=1 if inside else 0,
         collective=inside,
         collective_since=NOW - record["collective_age"] if inside else 0.0,
         flags=FLAG_EXITED if state == "exited" else 0,
@@ -62,7 +66,7 @@ def close(ours: object, theirs: object) -> bool:
 def test_the_document_has_an_example_for_every_case():
     bodies = [json.loads(m["body"]) for m in examples()]
     states = {r["state"] for b in bodies for r in b["detail"]["ranks"].values()}
-    assert states == {"starting", "progressing", "waiting", "stalled", "exited"}
+    assert states == {"starting", "progressing", "busy", "waiting", "stalled", "exited"}
     assert {b["status"] for b in bodies} == {"alive", "dead"}
     assert len(bodies) >= 8
 
@@ -72,17 +76,20 @@ def test_the_document_has_an_example_for_every_case():
 )
 def test_the_body_is_what_the_verdict_answers(example):
     documented = json.loads(example["body"])
-    started = float(example["started"])
+    given = settings(example)
+    started = given["started"]
     ranks = {
         rank: snapshot(record, started) for rank, record in documented["detail"]["ranks"].items()
     }
     status = group_status(
         phase=documented["detail"]["phase"],
         now=NOW,
-        timeout=float(example["timeout"]),
-        startup_timeout=float(example["startup"]),
+        timeout=given["timeout"],
+        startup_timeout=given["startup"],
         group_start=NOW - started,
         ranks=ranks,
+        world_size=int(given["world"]) if "world" in given else None,
+        phase_timeout=given.get("phase_timeout", 1800.0),
     )
     ours = json.loads(json.dumps(status.to_dict()))
     assert close(ours, documented), json.dumps(ours, indent=1)

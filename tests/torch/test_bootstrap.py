@@ -344,8 +344,8 @@ COLLECTIVES = """
     dist.distributed_c10d.broadcast(tensor, src=0)
     after_broadcast = read_record(path)
     dist.destroy_process_group()
-    print(after_reduce.entered - start.entered, after_reduce.left - start.left)
-    print(after_gather.entered - start.entered, after_gather.left - start.left, gathered)
+    print(after_reduce.entered - start.entered, after_reduce.depth)
+    print(after_gather.entered - start.entered, after_gather.depth, gathered)
     print(after_broadcast.entered - start.entered, after_broadcast.in_collective)
     print(dist.all_reduce is dist.distributed_c10d.all_reduce, dist.all_reduce.__name__)
 """
@@ -358,8 +358,8 @@ def test_collectives_are_noted_once_each_and_nested_ones_not_at_all(tmp_path):
     out = run([*BOOTSTRAP, "coll.py"], tmp_path, rank_environment(tmp_path))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        "1 1",
-        "2 2 [{'rank': 0}]",
+        "1 0",
+        "2 0 [{'rank': 0}]",
         "3 False",
         "True all_reduce",
     ]

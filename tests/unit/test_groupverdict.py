@@ -31,7 +31,7 @@ def rank(
         progress_time=0.0 if progress_ago is None else NOW - progress_ago,
         steps=0 if progress_ago is None else 10,
         entered=entered,
-        left=entered - 1 if inside else entered,
+        depth=1 if inside else 0,
         collective=inside,
         collective_since=NOW - inside_for if inside else 0.0,
         flags=FLAG_EXITED if exited else 0,
@@ -104,16 +104,31 @@ def test_the_agent_at_work_is_alive_whatever_the_ranks(phase):
     assert status.detail == {"phase": phase}
 
 
+TOGETHER = {
+    "0": rank(8, entered=4, inside="all_reduce", inside_for=7.9),
+    "1": rank(8, entered=4, inside="all_reduce", inside_for=7.9),
+}
+
+
 def test_stalled_together_is_said_and_nobody_blamed():
-    status = verdict(
-        {
-            "0": rank(8, entered=4, inside="all_reduce", inside_for=7.9),
-            "1": rank(8, entered=4, inside="all_reduce", inside_for=7.9),
-        }
-    )
+    status = verdict(TOGETHER, world_size=8)
     assert status.detail["stalled_together"] is True
     assert "stalled together (in all_reduce)" in status.detail["summary"]
-    assert "another node" in status.detail["summary"]
+    assert status.detail["summary"].endswith("the cause is likely on another node")
+
+
+def test_on_a_single_node_another_node_is_never_said():
+    """The job's ranks are all here: say what is known, not a node that does not exist."""
+    status = verdict(TOGETHER, world_size=2)
+    assert status.detail["suspect_ranks"] == []
+    summary = status.detail["summary"]
+    assert "another node" not in summary
+    assert "the job has no other node" in summary and "does not complete" in summary
+
+
+def test_when_the_world_size_is_not_known_no_node_is_guessed():
+    summary = verdict(TOGETHER).detail["summary"]
+    assert "node" not in summary
 
 
 def test_rank_detail_shape():
@@ -127,6 +142,8 @@ def test_rank_detail_shape():
         "collectives": 4,
         "in_collective": "broadcast",
         "collective_age": 2.5,
+        "phase": "training",
+        "phase_age": None,
     }
     assert status.detail["ranks"]["1"]["in_collective"] is None
     assert status.detail["ranks"]["1"]["collective_age"] is None
@@ -204,7 +221,7 @@ def test_a_rank_waiting_for_a_peer_that_just_started_is_waiting_not_stalled():
     assert status.alive, status.detail
     assert status.detail["ranks"]["0"]["state"] == "waiting"
     assert status.detail["ranks"]["1"]["state"] == "progressing"
-    assert "local rank 0 waits in a collective it has not reached yet" in status.detail["summary"]
+    assert "local rank 0 waits in all_reduce for local rank 1" in status.detail["summary"]
     assert status.age == pytest.approx(0.01)
 
 
@@ -297,3 +314,130 @@ def test_the_first_rank_to_stall_is_blamed_while_its_peer_waits_in_a_collective(
     assert status.verdict is Verdict.DEAD
     assert status.detail["suspect_ranks"] == ["1"]
     assert status.detail["ranks"]["0"]["state"] == "progressing"
+
+
+# -- phases: evaluation, checkpoints, named phases -----------------------------------------
+
+
+def in_phase(progress_ago: float, phase: str, since_ago: float, *, deadline: float = 0.0,
+             activity_ago: float | None = None, entered: int = 0,
+             inside: str | None = None) -> RankSnapshot:  # fmt: skip
+    """A rank that progressed ``progress_ago`` s ago and entered ``phase`` ``since_ago`` s ago."""
+    snapshot = rank(progress_ago, entered=entered, inside=inside, inside_for=since_ago)
+    snapshot.phase = phase
+    snapshot.phase_since = NOW - since_ago
+    snapshot.phase_deadline = deadline
+    snapshot.phase_activity = NOW - (since_ago if activity_ago is None else activity_ago)
+    return snapshot
+
+
+def test_a_rank_quiet_inside_a_checkpoint_is_busy_within_its_deadline():
+    """torch.save on rank 0 for 8 s (timeout 5) while rank 1 waits for it in barrier."""
+    status = verdict(
+        {
+            "0": in_phase(9, "checkpoint", 8, entered=10),
+            "1": rank(8.5, entered=11, inside="barrier", inside_for=8.4),
+        },
+        phase_timeout=1800,
+    )
+    assert status.alive, status.detail
+    ranks = status.detail["ranks"]
+    assert (ranks["0"]["state"], ranks["0"]["phase"], ranks["0"]["phase_age"]) == (
+        "busy",
+        "checkpoint",
+        8.0,
+    )
+    assert ranks["1"]["state"] == "waiting"
+    assert status.detail["suspect_ranks"] == []
+    assert (
+        "local rank 0 in checkpoint (8.0 s quiet; its deadline 1800 s)"
+        in (status.detail["summary"])
+    )
+
+
+def test_a_rank_stuck_in_a_phase_past_its_deadline_is_stalled_and_blamed():
+    status = verdict(
+        {
+            "0": in_phase(40, "checkpoint", 35, entered=10),
+            "1": rank(34, entered=11, inside="barrier", inside_for=34),
+        },
+        phase_timeout=30,
+    )
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["ranks"]["0"]["state"] == "stalled"
+    assert status.detail["suspect_ranks"] == ["0"]
+
+
+def test_a_phase_with_its_own_deadline_is_held_to_it():
+    ranks = {"0": in_phase(20, "upload", 15, deadline=10), "1": in_phase(20, "upload", 15)}
+    status = verdict(ranks, phase_timeout=1800)
+    assert status.detail["ranks"]["0"]["state"] == "stalled"
+    assert status.detail["ranks"]["1"]["state"] == "busy"
+
+
+def test_evaluation_forwards_are_signs_of_life():
+    """Evaluation on rank 0 alone, a forward every 0.3 s, rank 1 waits in barrier."""
+    status = verdict(
+        {
+            "0": in_phase(9, "evaluation", 9, activity_ago=0.3, entered=4),
+            "1": rank(8.9, entered=5, inside="barrier", inside_for=8.9),
+        }
+    )
+    assert status.alive, status.detail
+    assert status.detail["ranks"]["0"]["state"] == "progressing"
+    assert status.detail["ranks"]["0"]["age"] == 0.3
+    assert status.detail["ranks"]["1"]["state"] == "waiting"
+
+
+def test_a_rank_stalled_outside_a_collective_is_not_blamed_for_a_busy_peer_before_it_lags():
+    status = verdict({"0": in_phase(9, "checkpoint", 8), "1": rank(8)})
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["suspect_ranks"] == []  # rank 1 is not waiting for anyone: lag first
+    assert "local rank 1 stalled" in status.detail["summary"]
+
+
+def test_ranks_waiting_for_a_busy_rank_on_another_node_wait():
+    status = verdict(TOGETHER, world_size=8, peers_busy="rank 0 is in checkpoint")
+    assert status.alive, status.detail
+    assert {r["state"] for r in status.detail["ranks"].values()} == {"waiting"}
+    assert status.detail["summary"] == (
+        "local ranks 0, 1 wait in all_reduce while rank 0 is in checkpoint"
+    )
+
+
+# -- startup: only the rank that never started is blamed -----------------------------------
+
+
+def test_at_the_startup_deadline_a_rank_waiting_in_a_collective_is_not_blamed():
+    """Rank 1 loads data forever; rank 0 entered its first all_reduce and waits for it."""
+    status = verdict(
+        {"0": rank(None, entered=1, inside="all_reduce", inside_for=55), "1": rank(None)},
+        started_ago=61,
+    )
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["suspect_ranks"] == ["1"]
+    assert status.detail["summary"] == (
+        "local rank 1 made no progress within the startup timeout of 60 s, outside any "
+        "collective, while local rank 0 waits in all_reduce"
+    )
+
+
+@pytest.mark.parametrize(
+    ("world_size", "said"),
+    [
+        (8, "waiting in init_process_group for a rank on another node"),
+        (2, "each waiting in init_process_group and the job has no other node"),
+    ],
+)
+def test_when_every_starting_rank_waits_nobody_local_is_blamed(world_size, said):
+    status = verdict(
+        {
+            "0": rank(None, entered=1, inside="init_process_group", inside_for=60),
+            "1": rank(None, entered=1, inside="init_process_group", inside_for=60),
+        },
+        started_ago=61,
+        world_size=world_size,
+    )
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["suspect_ranks"] == []
+    assert said in status.detail["summary"]

@@ -304,8 +304,10 @@ def test_number_is_an_exact_integer_or_repr(value):
 
 
 def _rank(state: RankState, age: float, rank: int | None, steps: int, collectives: int,
-          inside: str | None) -> RankVerdict:  # fmt: skip
-    return RankVerdict(state, age, rank, 4100, steps, collectives, inside, 1.2 if inside else None)
+          inside: str | None, phase: str = "training") -> RankVerdict:  # fmt: skip
+    return RankVerdict(
+        state, age, rank, 4100, steps, collectives, inside, 1.2 if inside else None, phase
+    )
 
 
 def _verdict(**changes: Any) -> GroupVerdict:
@@ -319,7 +321,7 @@ def _verdict(**changes: Any) -> GroupVerdict:
         "counters": {"run_id": "job-42", "restarts": 1, "hang_restarts": 0},
         "ranks": {
             "0": _rank(RankState.PROGRESSING, 0.42, 8, 120, 240, "all_reduce"),
-            "1": _rank(RankState.STALLED, 70.5, 9, 119, 239, None),
+            "1": _rank(RankState.STALLED, 70.5, 9, 119, 239, None, "checkpoint"),
         },
         "suspects": ("1",),
     }
@@ -349,14 +351,18 @@ def test_full_detail_samples_exact():
         "elastic_healthcheck_hang_restarts_total 0",
         'elastic_healthcheck_rank_state{local_rank="0",state="starting"} 0',
         'elastic_healthcheck_rank_state{local_rank="0",state="progressing"} 1',
+        'elastic_healthcheck_rank_state{local_rank="0",state="busy"} 0',
         'elastic_healthcheck_rank_state{local_rank="0",state="waiting"} 0',
         'elastic_healthcheck_rank_state{local_rank="0",state="stalled"} 0',
         'elastic_healthcheck_rank_state{local_rank="0",state="exited"} 0',
         'elastic_healthcheck_rank_state{local_rank="1",state="starting"} 0',
         'elastic_healthcheck_rank_state{local_rank="1",state="progressing"} 0',
+        'elastic_healthcheck_rank_state{local_rank="1",state="busy"} 0',
         'elastic_healthcheck_rank_state{local_rank="1",state="waiting"} 0',
         'elastic_healthcheck_rank_state{local_rank="1",state="stalled"} 1',
         'elastic_healthcheck_rank_state{local_rank="1",state="exited"} 0',
+        'elastic_healthcheck_rank_phase{local_rank="0",phase="training"} 1',
+        'elastic_healthcheck_rank_phase{local_rank="1",phase="checkpoint"} 1',
         'elastic_healthcheck_rank_progress_age_seconds{local_rank="0"} 0.42',
         'elastic_healthcheck_rank_progress_age_seconds{local_rank="1"} 70.5',
         'elastic_healthcheck_rank_in_collective{local_rank="0"} 1',
@@ -426,6 +432,7 @@ DETAIL_FAMILIES = [
     ("elastic_healthcheck_worker_group_restarts", "counter", set()),
     ("elastic_healthcheck_hang_restarts", "counter", set()),
     ("elastic_healthcheck_rank_state", "gauge", {"local_rank", "state"}),
+    ("elastic_healthcheck_rank_phase", "gauge", {"local_rank", "phase"}),
     ("elastic_healthcheck_rank_progress_age_seconds", "gauge", {"local_rank"}),
     ("elastic_healthcheck_rank_in_collective", "gauge", {"local_rank"}),
     ("elastic_healthcheck_rank_collectives", "counter", {"local_rank"}),

@@ -58,7 +58,7 @@ def test_worker_writes_are_read_back(path):
     assert inside.progress_time > 1_700_000_000.0
     assert inside.in_collective and inside.collective == "all_reduce"
     assert inside.collective_since >= inside.progress_time
-    assert (after.entered, after.left, after.collective, after.exited) == (1, 1, None, True)
+    assert (after.entered, after.depth, after.collective, after.exited) == (1, 0, None, True)
 
 
 def test_a_nested_collective_counts_once(path):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 TYPE_CHECKING = False  # typing costs 2 ms at start-up, and probe starts every few seconds
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 __all__ = ["main"]
 
@@ -280,7 +280,7 @@ def _torchrun(arguments: list[str]) -> int:
     if rest[:1] == ["--"]:
         rest = rest[1:]
 
-    server_options: dict[str, object] = {}
+    server_options: dict[str, Any] = {}
     if options.health_host is not None:
         server_options["host"] = options.health_host
     if options.health_debug:

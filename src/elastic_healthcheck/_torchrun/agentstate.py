@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 
 from ..status import HealthStatus, Verdict, evaluate
 from .record import RankSnapshot, read_record, record_path
-from .verdict import AgentPhase, GroupVerdict, Observation, decide
+from .verdict import DEFAULT_PHASE_TIMEOUT, AgentPhase, GroupVerdict, Observation, decide
 
 __all__ = ["TORCH_TIMEOUT", "AgentState", "GroupView", "process_gone"]
 
@@ -28,14 +28,19 @@ TORCH_TIMEOUT = 60.0  # what LocalElasticAgent passes to create_healthcheck_serv
 class GroupView:
     """The current worker group as the agent spawned it (replaced whole, never mutated)."""
 
-    __slots__ = ("local_ranks", "pids", "start")
+    __slots__ = ("local_ranks", "pids", "start", "world_size")
 
     def __init__(
-        self, start: float, local_ranks: tuple[str, ...], pids: Mapping[str, int] | None = None
+        self,
+        start: float,
+        local_ranks: tuple[str, ...],
+        pids: Mapping[str, int] | None = None,
+        world_size: int | None = None,
     ) -> None:
         self.start = start
         self.local_ranks = local_ranks
         self.pids: Mapping[str, int] = pids or {}
+        self.world_size = world_size  # ranks in the whole job (WORLD_SIZE), if known
 
 
 class AgentState:
@@ -45,8 +50,15 @@ class AgentState:
     is replaced whole, never mutated, so a reader sees one value or the next.
     """
 
-    def __init__(self, rank_dir: str, timeout: float | None, startup_timeout: float) -> None:
+    def __init__(
+        self,
+        rank_dir: str,
+        timeout: float | None,
+        startup_timeout: float,
+        phase_timeout: float = DEFAULT_PHASE_TIMEOUT,
+    ) -> None:
         self.rank_dir = rank_dir
+        self.phase_timeout = phase_timeout
         self.phase = AgentPhase.STARTING
         self.callback: Callable[[], object] | None = None
         self.override_timeout = timeout
@@ -155,6 +167,8 @@ class AgentState:
                 exited=self.exited() if running else frozenset(),
                 agent_last=agent_last,
                 counters=counters,
+                phase_timeout=self.phase_timeout,
+                world_size=group.world_size if group is not None else None,
             )
         )
 

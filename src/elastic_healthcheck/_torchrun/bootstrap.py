@@ -37,14 +37,12 @@ replaces the dump.
 from __future__ import annotations
 
 import faulthandler
-import functools
 import os
 import sys
 import types
 
 from .. import worker
 from .record import (
-    COLLECTIVES,
     ENV_DIR,
     ENV_LOCAL_RANK,
     ENV_STACK_SIGNAL,
@@ -60,7 +58,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from importlib.machinery import ModuleSpec
     from io import FileIO
-    from typing import Any, NoReturn
+    from typing import NoReturn
+
+    from .hooks import Hooks
 
 __all__ = ["main"]
 
@@ -68,6 +68,7 @@ USAGE = "usage: python -m elastic_healthcheck._torchrun.bootstrap (SCRIPT | -m M
 
 # This process's state, kept so that nothing is collected while the script runs.
 _record: RankRecord | None = None
+_hooks: Hooks | None = None
 _stack_file: FileIO | None = None
 _stack_signal: int | None = None
 
@@ -231,64 +232,65 @@ class _PostImportHook:
 
 
 def _hook_torch(torch: types.ModuleType) -> None:
-    """Count optimizer steps and note collectives (torch has just been imported)."""
+    """Put the hooks in (torch has just been imported); each part that fails is one WARNING."""
+    global _hooks
     record = _record
     if record is None:
         return
-    try:
-        _hook_optimizer(record)
-    except Exception as exc:
-        _warn("Cannot count optimizer steps as progress: %s", exc)
-    try:
-        _hook_collectives(record)
-    except Exception as exc:
-        _warn("Cannot note torch.distributed collectives: %s", exc)
+    from .hooks import CHECKPOINT_FUNCTIONS, Hooks
+    from .phases import PhaseStack
+
+    hooks = Hooks(record, PhaseStack(record))
+    _hooks = hooks
+    worker._adopt(record, hooks.phases)
+    for what, install in (
+        ("count optimizer steps as progress", hooks.optimizer),
+        ("note torch.distributed collectives", lambda: _install_collectives(hooks)),
+        ("see DDP's gradient all-reduce", lambda: _install_ddp(hooks, torch)),
+        ("see evaluation", lambda: hooks.evaluation(torch.nn.Module)),
+        ("see checkpoints", lambda: hooks.checkpoints(torch)),
+    ):
+        try:
+            install()
+        except Exception as exc:
+            _warn("Cannot %s: %s", what, exc)
+    for name in CHECKPOINT_FUNCTIONS:
+        if name != "torch":
+            _when_imported(name, hooks.checkpoints)
 
 
-def _hook_optimizer(record: RankRecord) -> Any:
-    """Count every optimizer step; returns torch's handle (``.remove()`` undoes it)."""
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    progress = record.progress
-
-    def count_step(optimizer: object, args: object, kwargs: object) -> None:
-        progress()
-
-    return register_optimizer_step_post_hook(count_step)
-
-
-def _hook_collectives(record: RankRecord) -> None:
+def _install_collectives(hooks: Hooks) -> None:
     import torch.distributed as dist
 
     if not dist.is_available():
         return
     from torch.distributed import distributed_c10d
 
-    for name in COLLECTIVES[1:]:
-        original = getattr(distributed_c10d, name, None)
-        if original is None or not callable(original):
-            continue
-        wrapper = _note_collective(record, name, original)
-        setattr(distributed_c10d, name, wrapper)
-        if getattr(dist, name, None) is original:
-            setattr(dist, name, wrapper)
+    hooks.collectives(dist, distributed_c10d)
+    import torch
+
+    hooks.waits(dist.Work, torch._C.Future)
+    hooks.reducer(dist.Reducer)
 
 
-def _note_collective(
-    record: RankRecord, name: str, collective: Callable[..., Any]
-) -> Callable[..., Any]:
-    enter = record.enter
-    leave = record.leave
+def _install_ddp(hooks: Hooks, torch: types.ModuleType) -> None:
+    import torch.distributed as dist
 
-    @functools.wraps(collective)
-    def noted(*args: Any, **kwargs: Any) -> Any:
-        enter(name)
-        try:
-            return collective(*args, **kwargs)
-        finally:
-            leave()
+    if not dist.is_available():
+        return
+    from torch.nn.parallel import DistributedDataParallel
 
-    return noted
+    engine = torch.autograd.Variable._execution_engine
+    hooks.ddp(DistributedDataParallel, torch.autograd, engine, torch.is_grad_enabled)
+
+
+def _when_imported(name: str, then: Callable[[types.ModuleType], None]) -> None:
+    """Call ``then(module)`` once ``name`` is imported (now, if it is already)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        then(module)
+    else:
+        sys.meta_path.insert(0, _PostImportHook(name, then))
 
 
 # --- running the script as python would --------------------------------------------------

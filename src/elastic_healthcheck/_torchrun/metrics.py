@@ -62,6 +62,12 @@ def families(verdict: GroupVerdict) -> Iterator[MetricFamily]:
             for s in states
         ),
     )
+    yield MetricFamily(
+        "rank_phase",
+        "gauge",
+        "Always 1; what each local rank does: training, evaluation, checkpoint or a named phase.",
+        tuple(_sample(1.0, local_rank=local, phase=r.phase) for local, r in ranks.items()),
+    )
     for name, kind, help_text, value in _PER_RANK:
         yield MetricFamily(
             name,

@@ -5,27 +5,34 @@ worker (so the rank is accounted for from its spawn); the worker maps the same f
 writes into it with single ``struct.pack_into`` calls, which costs a few hundred
 nanoseconds and no system call. The agent reads it with one ``pread``.
 
-Layout (little-endian, 128 bytes; every field naturally aligned, so an 8-byte store is
+Layout (little-endian, 256 bytes; every field naturally aligned, so an 8-byte store is
 never seen half written on the platforms torch runs on)::
 
     offset  type  field
-         0  u32   magic ``EHC1``
+         0  u32   magic ``EHC2``
          4  u32   pid of the worker (0 until it starts)
          8  f64   spawn time (agent's epoch seconds)
         16  i64   global rank (-1 unknown)
         24  f64   last progress time (epoch seconds; 0 = no progress yet)
         32  u64   progress events (optimizer steps and beat() calls)
-        40  u64   collectives entered
-        48  f64   time the current collective was entered
-        56  u64   code of the current collective (see COLLECTIVES)
-        64  u64   collectives left
+        40  u64   collectives entered (sync calls, async launches, DDP's gradient syncs)
+        48  f64   time the rank went inside a collective or a wait for one
+        56  u64   code of that collective (see COLLECTIVES)
+        64  u64   depth: collectives and waits open on the training thread (> 0: inside)
         72  u64   flags (1 = exited normally, 2 = the bootstrap is in,
                   4 = the stack dump is registered: only then may the signal be sent)
-        80  f64   time the last collective was left (0 = none yet)
-        88  ...   reserved
+        80  f64   time the rank last left a collective or a phase (0 = never)
+        88  u64   phase code (see PHASES; 0 = training)
+        96  f64   time the phase began
+       104  f64   the phase's own deadline in seconds (0 = the agent's phase timeout)
+       112  f64   last sign of life inside the phase (an evaluation forward)
+       120  u64   evaluation forwards counted
+       128  32s   the phase's name when it is a named phase (UTF-8, NUL padded)
+       160  ...   reserved
 
-A rank is inside a collective while ``entered > left``. Only the outermost collective
-counts (``all_gather_object`` runs ``all_gather`` inside it).
+A rank is inside a collective while its depth is above 0. Only the outermost collective
+counts (``all_gather_object`` runs ``all_gather`` inside it, and every synchronous
+collective waits on its ``Work`` inside itself).
 
 Only the worker writes its record. A process forked from it (a DataLoader worker) inherits
 the mapping, so after ``fork()`` every open record in the child is detached: its writes go
@@ -46,8 +53,10 @@ __all__ = [
     "ENV_LOCAL_RANK",
     "ENV_STACK_SIGNAL",
     "FLAG_BOOTSTRAP",
-    "FLAG_STACKS",
     "FLAG_EXITED",
+    "FLAG_STACKS",
+    "MAX_PHASE_NAME",
+    "PHASES",
     "RECORD_SIZE",
     "RankRecord",
     "RankSnapshot",
@@ -64,16 +73,21 @@ ENV_DIR = "ELASTIC_HEALTHCHECK_WORKER_DIR"  # the agent's rank directory
 ENV_LOCAL_RANK = "ELASTIC_HEALTHCHECK_WORKER_LOCAL_RANK"
 ENV_STACK_SIGNAL = "ELASTIC_HEALTHCHECK_WORKER_STACK_SIGNAL"  # the signal that dumps the stacks
 
-RECORD_SIZE = 128
-MAGIC = 0x31434845  # b"EHC1" read as a little-endian u32
+RECORD_SIZE = 256
+MAGIC = 0x32434845  # b"EHC2" read as a little-endian u32
 FLAG_EXITED = 1
 FLAG_BOOTSTRAP = 2
 # Set once faulthandler handles the stack signal. Before that (and without the bootstrap)
-# the signal's default action would end the worker: SIGUSR1's is to terminate.
+# the signal's default action would end the worker.
 FLAG_STACKS = 4
 
-# The torch.distributed collectives the bootstrap notes, by code (0 = none). Append only:
-# the code is what crosses the process boundary.
+# What a rank can be doing besides training, by code. Append only: the code crosses the
+# process boundary. "named" phases carry their name in the record.
+PHASES = ("training", "evaluation", "checkpoint", "named")
+MAX_PHASE_NAME = 32  # bytes of UTF-8
+
+# The torch.distributed collectives (and waits for them) the bootstrap notes, by code
+# (0 = none). Append only: the code is what crosses the process boundary.
 COLLECTIVES = (
     "",
     "all_reduce",
@@ -100,16 +114,31 @@ COLLECTIVES = (
     "batch_isend_irecv",
     "send_object_list",
     "recv_object_list",
+    "all_gather_single",
+    "reduce_scatter_single",
+    "init_process_group",
+    "new_group",
+    "wait",  # Work.wait() or Future.wait() of a collective started with async_op=True
+    "ddp_all_reduce",  # DistributedDataParallel's gradient all-reduce, at the end of backward
+    "broadcast_coalesced",  # DDP and FSDP: parameters and buffers, in C++
+    "verify_params_across_processes",  # DDP's constructor, in C++
+    "rebuild_buckets",  # DDP's second forward, in C++
+    "device_synchronize",  # a host wait for the device while NCCL collectives are pending
 )
 _CODES = {name: code for code, name in enumerate(COLLECTIVES) if name}
+_PHASE_CODES = {name: code for code, name in enumerate(PHASES)}
 
-_WHOLE = struct.Struct("<IIdqdQQdQQQd")  # the first 88 bytes
+_WHOLE = struct.Struct("<IIdqdQQdQQQdQdddQ32s")  # the first 160 bytes
 _HEAD = struct.Struct("<IIdq")  # magic, pid, spawn, rank
 _PROGRESS = struct.Struct("<dQ")  # at 24: last progress, events
-_ENTER = struct.Struct("<QdQ")  # at 40: entered, since, code
-_LEAVE = struct.Struct("<Q")  # at 64: left
+_ENTER = struct.Struct("<QdQQ")  # at 40: entered, since, code, depth
+_INSIDE = struct.Struct("<dQQ")  # at 48: since, code, depth
+_DEPTH = struct.Struct("<Q")  # at 64
 _LEFT_AT = struct.Struct("<d")  # at 80: when
 _FLAGS = struct.Struct("<Q")  # at 72
+_PHASE = struct.Struct("<Qddd")  # at 88: code, since, deadline, activity
+_ACTIVITY = struct.Struct("<dQ")  # at 112: activity, forwards
+_NAME = struct.Struct("<32s")  # at 128
 
 
 def record_path(directory: str, local_rank: int | str) -> str:
@@ -129,7 +158,7 @@ def create_record(path: str, spawn_time: float) -> None:
         OSError: The file cannot be written.
     """
     data = bytearray(RECORD_SIZE)
-    _WHOLE.pack_into(data, 0, MAGIC, 0, spawn_time, -1, 0.0, 0, 0, 0.0, 0, 0, 0, 0.0)
+    _HEAD.pack_into(data, 0, MAGIC, 0, spawn_time, -1)
     # Write a new file and rename it over the old one: a worker of the previous group
     # that still maps the old file cannot scribble on the new group's record.
     temporary = f"{path}.new"
@@ -147,11 +176,16 @@ class RankSnapshot:
     __slots__ = (
         "collective",
         "collective_since",
+        "depth",
         "entered",
         "flags",
+        "forwards",
         "global_rank",
-        "left",
         "left_time",
+        "phase",
+        "phase_activity",
+        "phase_deadline",
+        "phase_since",
         "pid",
         "progress_time",
         "spawn_time",
@@ -167,11 +201,16 @@ class RankSnapshot:
         progress_time: float = 0.0,
         steps: int = 0,
         entered: int = 0,
-        left: int = 0,
+        depth: int = 0,
         left_time: float = 0.0,
         collective: str | None = None,
         collective_since: float = 0.0,
         flags: int = 0,
+        phase: str | None = None,
+        phase_since: float = 0.0,
+        phase_deadline: float = 0.0,
+        phase_activity: float = 0.0,
+        forwards: int = 0,
     ) -> None:
         self.spawn_time = spawn_time
         self.pid = pid
@@ -179,15 +218,20 @@ class RankSnapshot:
         self.progress_time = progress_time
         self.steps = steps
         self.entered = entered
-        self.left = left
+        self.depth = depth
         self.left_time = left_time
         self.collective = collective
         self.collective_since = collective_since
         self.flags = flags
+        self.phase = phase  # None while training
+        self.phase_since = phase_since
+        self.phase_deadline = phase_deadline
+        self.phase_activity = phase_activity
+        self.forwards = forwards
 
     @property
     def in_collective(self) -> bool:
-        return self.entered > self.left
+        return self.depth > 0
 
     @property
     def exited(self) -> bool:
@@ -212,12 +256,14 @@ def read_record(path: str) -> RankSnapshot | None:
         os.close(fd)
     if len(data) < _WHOLE.size:
         return None
-    (magic, pid, spawn, rank, progress, steps, entered, since, code, left, flags, left_at) = (
-        _WHOLE.unpack(data)
+    fields = _WHOLE.unpack(data)
+    (magic, pid, spawn, rank, progress, steps, entered, since, code, depth, flags, left_at) = (
+        fields[:12]
     )
+    (phase_code, phase_since, phase_deadline, activity, forwards, raw_name) = fields[12:]
     if magic != MAGIC:
         return None
-    inside = entered > left
+    inside = depth > 0
     return RankSnapshot(
         spawn_time=spawn,
         pid=pid,
@@ -225,24 +271,39 @@ def read_record(path: str) -> RankSnapshot | None:
         progress_time=progress,
         steps=steps,
         entered=entered,
-        left=left,
+        depth=depth,
         collective=(COLLECTIVES[code] if code < len(COLLECTIVES) else "unknown")
         if inside
         else None,
         collective_since=since if inside else 0.0,
         flags=flags,
         left_time=left_at,
+        phase=_phase_name(phase_code, raw_name),
+        phase_since=phase_since if phase_code else 0.0,
+        phase_deadline=phase_deadline if phase_code else 0.0,
+        phase_activity=activity if phase_code else 0.0,
+        forwards=forwards,
     )
+
+
+def _phase_name(code: int, raw: bytes) -> str | None:
+    if code == 0:
+        return None
+    if code < len(PHASES) and PHASES[code] != "named":
+        return PHASES[code]
+    name = raw.rstrip(b"\0").decode("utf-8", "replace")
+    return name or "unknown"
 
 
 class RankRecord:
     """The worker's side: a writable mapping of its own record.
 
     Every method is one or two ``pack_into`` calls on the shared mapping and never
-    raises into the training loop once the record is open.
+    raises into the training loop once the record is open. The collective and phase
+    methods are called from the training thread only (the hooks see to it).
     """
 
-    __slots__ = ("__weakref__", "_depth", "_entered", "_left", "_map", "_steps")
+    __slots__ = ("__weakref__", "_depth", "_entered", "_forwards", "_map", "_steps")
 
     def __init__(self, path: str) -> None:
         """Map an existing record (the agent created it).
@@ -262,8 +323,8 @@ class RankRecord:
             self._map.close()
             raise ValueError(f"{path} is not a rank record")
         (self._steps, self._entered) = struct.unpack_from("<QQ", self._map, 32)
-        self._left = _LEAVE.unpack_from(self._map, 64)[0]
-        self._depth = 0
+        self._depth = _DEPTH.unpack_from(self._map, 64)[0]
+        self._forwards = _ACTIVITY.unpack_from(self._map, 112)[1]
         _OPEN.add(self)
 
     @property
@@ -295,18 +356,50 @@ class RankRecord:
             return False
         self._depth = 1
         self._entered += 1
-        _ENTER.pack_into(self._map, 40, self._entered, time.time(), _CODES.get(name, 0))
+        _ENTER.pack_into(self._map, 40, self._entered, time.time(), _CODES.get(name, 0), 1)
         return True
 
+    def wait(self, name: str) -> bool:
+        """Note waiting for a collective entered before (not counted again), as :meth:`enter`."""
+        if self._depth:
+            self._depth += 1
+            return False
+        self._depth = 1
+        _INSIDE.pack_into(self._map, 48, time.time(), _CODES.get(name, 0), 1)
+        return True
+
+    def issue(self) -> None:
+        """Count a collective started without waiting for it (``async_op=True``)."""
+        if not self._depth:
+            self._entered += 1
+            struct.pack_into("<Q", self._map, 40, self._entered)
+
     def leave(self) -> None:
-        """Note leaving the collective entered last."""
+        """Note leaving the collective (or wait) entered last."""
         if self._depth != 1:
             self._depth = max(0, self._depth - 1)
             return
         self._depth = 0
-        self._left = self._entered
-        _LEAVE.pack_into(self._map, 64, self._left)
+        _DEPTH.pack_into(self._map, 64, 0)
         _LEFT_AT.pack_into(self._map, 80, time.time())
+
+    def set_phase(self, phase: str, since: float, deadline: float, name: str = "") -> None:
+        """Note the phase the rank is in now (``training`` ends any other)."""
+        code = _PHASE_CODES.get(phase, _PHASE_CODES["named"])
+        if code == 0:
+            # Leaving a phase is a sign of life, as leaving a collective is.
+            _LEFT_AT.pack_into(self._map, 80, time.time())
+            _PHASE.pack_into(self._map, 88, 0, 0.0, 0.0, 0.0)
+            return
+        if code == _PHASE_CODES["named"]:
+            encoded = (name or phase).encode("utf-8")[:MAX_PHASE_NAME]
+            _NAME.pack_into(self._map, 128, encoded.decode("utf-8", "ignore").encode("utf-8"))
+        _PHASE.pack_into(self._map, 88, code, since, deadline, since)
+
+    def phase_activity(self) -> None:
+        """Note a sign of life inside the phase (an evaluation forward)."""
+        self._forwards += 1
+        _ACTIVITY.pack_into(self._map, 112, time.time(), self._forwards)
 
     def exited(self) -> None:
         """Mark a normal exit: the rank is done, not hung."""

@@ -107,7 +107,9 @@ class Spawner:
             )
             if bootstrap and rank in new_args:
                 new_args[rank] = bootstrap_args(tuple(new_args[rank]))
-        state.group = GroupView(now, tuple(str(rank) for rank in sorted(new_envs)))
+        state.group = GroupView(
+            now, tuple(str(rank) for rank in sorted(new_envs)), world_size=_world_size(new_envs)
+        )
         self._on_group()
         arguments["envs"], arguments["args"] = new_envs, new_args
         return True
@@ -126,3 +128,12 @@ def _named(bound: inspect.BoundArguments) -> dict[str, object] | None:
                 return extra
     arguments: dict[str, object] = bound.arguments
     return arguments
+
+
+def _world_size(envs: Mapping[object, Mapping[str, str]]) -> int | None:
+    """The job's world size, as torch tells each worker (``WORLD_SIZE``), if it does."""
+    for env in envs.values():
+        text = env.get("WORLD_SIZE", "")
+        if text.isdigit():
+            return int(text)
+    return None

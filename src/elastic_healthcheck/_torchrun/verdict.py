@@ -10,11 +10,12 @@ not running     any                                            alive: the agent 
 running         some rank has made no progress yet, before     alive: the group is
                 the startup deadline                           starting
 running         a rank made no progress by the deadline        dead, that rank blamed
-running         every rank progressed within ``timeout``, or   alive
-                waits in a collective a progressing peer has
-                not reached yet
+running         every rank progressed within ``timeout``, is   alive
+                busy in a phase (evaluation, checkpoint)
+                within its deadline, or waits in a collective
+                a live peer has not passed
 running         some rank stalled longer than ``timeout``      dead, blamed when it
-                                                               can be told
+                (outside a phase, or past its deadline)        can be told
 ==============  =============================================  ======================
 
 The answer is the first of :data:`CASES` that applies; who is blamed when ranks stall is
@@ -37,6 +38,7 @@ from .record import RankSnapshot
 __all__ = [
     "BLAME_RULES",
     "CASES",
+    "DEFAULT_PHASE_TIMEOUT",
     "RANK_STATES",
     "AgentPhase",
     "Blame",
@@ -48,6 +50,7 @@ __all__ = [
     "decide",
     "group_status",
     "rank_state",
+    "startup_blame",
 ]
 
 
@@ -69,9 +72,10 @@ class RankState(str, enum.Enum):
     """A local rank's state in the verdict."""
 
     STARTING = "starting"  # no progress yet since its worker was spawned
-    PROGRESSING = "progressing"  # progress (or, after it, leaving a collective) within timeout
-    WAITING = "waiting"  # stalled inside a collective a live local peer has not passed
-    STALLED = "stalled"  # no progress for longer than the timeout
+    PROGRESSING = "progressing"  # a sign of life (a step, leaving a collective) within timeout
+    BUSY = "busy"  # quiet for longer than the timeout inside a phase, within its deadline
+    WAITING = "waiting"  # inside a collective that a live peer has not passed yet
+    STALLED = "stalled"  # no sign of life for longer than the timeout (or the phase deadline)
     EXITED = "exited"  # its worker has ended
 
     def __str__(self) -> str:
@@ -83,6 +87,14 @@ RANK_STATES = tuple(state.value for state in RankState)
 # torch's agent callback returns whole epoch seconds (int(time.time())): allow it one
 # second of rounding, so that a sub-second timeout follows the ranks, not the clock's tick.
 AGENT_CALLBACK_ROUNDING = 1.0
+
+# How long a rank may stay in a phase (evaluation, a checkpoint, a named phase) without a
+# sign of life, unless the phase sets its own deadline: torch's default timeout for its
+# collectives, the longest its peers can wait for it in one (a barrier after a checkpoint
+# rank 0 writes alone) before torch itself fails the job. It fits writing a large model's
+# checkpoint (1 TB at 1 GB/s is 17 minutes).
+DEFAULT_PHASE_TIMEOUT = 1800.0
+TRAINING = "training"  # a rank's phase when it is in none
 
 
 # --- the input ---------------------------------------------------------------------------
@@ -104,6 +116,12 @@ class Observation:
         agent_last: What torch's own alive callback returned, if it was asked.
         counters: The agent's counters for the body (restarts, hang_restarts, run_id,
             last_hang_restart), in that order.
+        phase_timeout: Seconds a rank may stay inside a phase without a sign of life when
+            the phase sets no deadline of its own.
+        world_size: Ranks in the whole job (``None``: unknown); more than the local ranks
+            means the job has other nodes.
+        peers_busy: What another node's rank is busy with (``rank 0 is in checkpoint``),
+            when the job-wide view knows: stalled local ranks inside a collective wait.
     """
 
     phase: AgentPhase
@@ -115,6 +133,16 @@ class Observation:
     exited: frozenset[str] = frozenset()
     agent_last: float | None = None
     counters: Mapping[str, object] = field(default_factory=dict)
+    phase_timeout: float = DEFAULT_PHASE_TIMEOUT
+    world_size: int | None = None
+    peers_busy: str | None = None
+
+    @property
+    def multi_node(self) -> bool | None:
+        """Whether the job has ranks on other nodes (``None``: not known)."""
+        if self.world_size is None:
+            return None
+        return self.world_size > len(self.ranks)
 
 
 # --- the output --------------------------------------------------------------------------
@@ -132,6 +160,8 @@ class RankVerdict:
     collectives: int
     in_collective: str | None
     collective_age: float | None
+    phase: str = TRAINING
+    phase_age: float | None = None
 
     def to_detail(self) -> dict[str, object]:
         return {
@@ -143,6 +173,8 @@ class RankVerdict:
             "collectives": self.collectives,
             "in_collective": self.in_collective,
             "collective_age": self.collective_age,
+            "phase": self.phase,
+            "phase_age": self.phase_age,
         }
 
 
@@ -215,18 +247,30 @@ class GroupVerdict(Mapping[str, object]):
 
 
 def activity(snapshot: RankSnapshot) -> float:
-    """A rank's last sign of life: its last progress, or leaving a collective after it.
+    """A rank's last sign of life: progress, or after it leaving a collective or a phase's.
 
     Leaving a collective is not progress (a rank released from a ``barrier`` during its
     startup has not started training), but a rank that has made progress and has just
     been released from a collective is not hung: between the release and its next
-    optimizer step it must not be taken for a stalled rank.
+    optimizer step it must not be taken for a stalled rank. Entering a phase (a
+    checkpoint) and an evaluation forward inside one are signs of life too.
     """
-    return max(snapshot.progress_time, snapshot.left_time)
+    return max(
+        snapshot.progress_time,
+        snapshot.left_time,
+        snapshot.phase_since,
+        snapshot.phase_activity,
+    )
 
 
-def rank_state(snapshot: RankSnapshot, exited: bool, timeout: float, now: float) -> RankState:
-    """One local rank's own state: starting, progressing, stalled or exited.
+def rank_state(
+    snapshot: RankSnapshot,
+    exited: bool,
+    timeout: float,
+    now: float,
+    phase_timeout: float = DEFAULT_PHASE_TIMEOUT,
+) -> RankState:
+    """One local rank's own state: starting, progressing, busy, stalled or exited.
 
     (``waiting`` needs its peers: see :func:`_excused`.)
     """
@@ -234,21 +278,29 @@ def rank_state(snapshot: RankSnapshot, exited: bool, timeout: float, now: float)
         return RankState.EXITED
     if not snapshot.progress_time:
         return RankState.STARTING
-    if now - activity(snapshot) <= timeout:
+    quiet = now - activity(snapshot)
+    if quiet <= timeout:
         return RankState.PROGRESSING
+    if snapshot.phase is not None and quiet <= (snapshot.phase_deadline or phase_timeout):
+        return RankState.BUSY
     return RankState.STALLED
+
+
+# The states of a peer that may still come: one waiting for it in a collective waits.
+_ON_ITS_WAY = (RankState.STARTING, RankState.PROGRESSING, RankState.BUSY)
 
 
 def _excused(rank: str, ranks: Mapping[str, RankSnapshot], states: Mapping[str, RankState]) -> bool:
     """A stalled rank waits, not hangs: it is inside its n-th collective and a local peer
-    that is starting or progressing has not passed it: it has entered fewer than n (it is
-    still on its way, like the slow rank of a skewed start that has just taken its first
-    step), or is inside the n-th too (the collective is about to release them both)."""
+    that is starting, progressing or busy in a phase has not passed it: it has entered
+    fewer than n (it is still on its way, like the slow rank of a skewed start that has
+    just taken its first step, or rank 0 writing a checkpoint before the barrier), or is
+    inside the n-th too (the collective is about to release them both)."""
     snapshot = ranks[rank]
     if not snapshot.in_collective:
         return False
     return any(
-        states[peer] in (RankState.STARTING, RankState.PROGRESSING)
+        states[peer] in _ON_ITS_WAY
         and (
             ranks[peer].entered < snapshot.entered
             or (ranks[peer].entered == snapshot.entered and ranks[peer].in_collective)
@@ -266,6 +318,7 @@ def _age(snapshot: RankSnapshot, now: float) -> float:
 
 def _describe(snapshot: RankSnapshot, state: RankState, now: float) -> RankVerdict:
     inside = snapshot.collective if snapshot.in_collective else None
+    phase = snapshot.phase
     return RankVerdict(
         state=state,
         age=_age(snapshot, now),
@@ -277,12 +330,28 @@ def _describe(snapshot: RankSnapshot, state: RankState, now: float) -> RankVerdi
         collective_age=round(max(0.0, now - snapshot.collective_since), 3)
         if inside is not None
         else None,
+        phase=phase or TRAINING,
+        phase_age=round(max(0.0, now - snapshot.phase_since), 3) if phase else None,
     )
 
 
 def _names(ranks: list[str] | tuple[str, ...]) -> str:
     label = "local rank" if len(ranks) == 1 else "local ranks"
     return f"{label} {', '.join(ranks)}"
+
+
+def _verb(ranks: list[str] | tuple[str, ...], singular: str, plural: str) -> str:
+    return singular if len(ranks) == 1 else plural
+
+
+def _places(ranks: Mapping[str, RankSnapshot], which: list[str] | tuple[str, ...]) -> str:
+    """Where ``which`` ranks are: the collectives they are in, or outside any."""
+    where = sorted({ranks[r].collective or "" for r in which})
+    if where == [""]:
+        return "outside any collective"
+    if "" in where:
+        return "in and out of collectives"
+    return f"in {', '.join(where)}"
 
 
 # --- who is blamed -----------------------------------------------------------------------
@@ -296,6 +365,8 @@ class Stall:
     stalled: tuple[str, ...]
     timeout: float
     finished: int  # local peers that have exited
+    multi_node: bool | None = None
+    moving: tuple[str, ...] = ()  # local peers still progressing (or busy in a phase)
 
     def inside(self, rank: str) -> bool:
         return self.active[rank].in_collective
@@ -317,11 +388,10 @@ def _outside_while_a_peer_waits(s: Stall) -> Blame | None:
     if not (waiting and outside):
         return None
     waits = sorted({s.active[r].collective or "a collective" for r in waiting})
-    verb = "waits" if len(waiting) == 1 else "wait"
     return Blame(
         outside,
         f"{_names(outside)} stalled outside a collective while "
-        f"{_names(waiting)} {verb} in {', '.join(waits)}",
+        f"{_names(waiting)} {_verb(waiting, 'waits', 'wait')} in {', '.join(waits)}",
     )
 
 
@@ -343,7 +413,7 @@ def _lags_its_peers(s: Stall) -> Blame | None:
     lagging = tuple(r for r in s.stalled if newest - activity(s.active[r]) > s.timeout)
     if not lagging or len(lagging) == len(s.active):
         return None
-    verb = "lags its" if len(lagging) == 1 else "lag their"
+    verb = _verb(lagging, "lags its", "lag their")
     return Blame(lagging, f"{_names(lagging)} {verb} peers' progress by more than {s.timeout:g} s")
 
 
@@ -370,24 +440,36 @@ BLAME_RULES: tuple[tuple[str, Callable[[Stall], Blame | None]], ...] = (
 
 
 def _nobody_to_blame(s: Stall) -> Blame:
-    where = sorted({s.active[r].collective or "" for r in s.stalled})
-    if where == [""]:
-        place = "outside any collective"
-    elif "" in where:
-        place = "in and out of collectives"
-    else:
-        place = f"in {', '.join(where)}"
+    """Why nobody is named: only what is known, "another node" only when there is one."""
+    place = _places(s.active, s.stalled)
+    stalled = _names(s.stalled)
     if len(s.stalled) == 1:
+        if s.moving:
+            return Blame(
+                (),
+                f"{stalled} stalled ({place}) while {_names(s.moving)} "
+                f"{_verb(s.moving, 'goes', 'go')} on: it is blamed once it lags by more "
+                f"than {s.timeout:g} s",
+            )
+        if s.multi_node:
+            return Blame(
+                (),
+                f"{stalled} stalled ({place}); no stalled local peer to tell it from: "
+                "it may wait for another node",
+            )
+        alone = "" if s.multi_node is None else "; the job has no other node"
         return Blame(
-            (),
-            f"{_names(s.stalled)} stalled ({place}); no stalled local peer to tell it "
-            "from: it may wait for another node",
+            (), f"{stalled} stalled ({place}); no stalled local peer to tell it from{alone}"
         )
-    return Blame(
-        (),
-        f"{_names(s.stalled)} stalled together ({place}): no local rank can be told from "
-        "the others; the cause is likely on another node",
-    )
+    told = f"{stalled} stalled together ({place}): no local rank can be told from the others"
+    if s.multi_node:
+        return Blame((), f"{told}; the cause is likely on another node")
+    if s.multi_node is None:
+        return Blame((), told)
+    if all(s.inside(r) for r in s.stalled):
+        inside = "every rank is inside and the collective does not complete"
+        return Blame((), f"{told}, and the job has no other node: {inside} (a network fault?)")
+    return Blame((), f"{told}, and the job has no other node")
 
 
 def blame(s: Stall) -> Blame:
@@ -397,6 +479,35 @@ def blame(s: Stall) -> Blame:
         if found is not None:
             return found
     return _nobody_to_blame(s)
+
+
+def startup_blame(
+    starting: tuple[str, ...], ranks: Mapping[str, RankSnapshot], multi_node: bool | None
+) -> tuple[tuple[str, ...], str]:
+    """At the startup deadline: whom to blame among the ranks that never progressed, and why.
+
+    A rank that waits inside a collective for a peer that never started is never blamed:
+    the ranks outside any collective are, while some peer waits inside one; when every
+    rank that never progressed waits inside one, the rank they wait for is elsewhere (or,
+    on a single node, the collective does not complete).
+
+    Returns:
+        The suspects, and what follows "made no progress within the startup timeout".
+    """
+    outside = tuple(r for r in starting if not ranks[r].in_collective)
+    waiting = [r for r in ranks if ranks[r].in_collective]
+    if outside and waiting:
+        verb = _verb(waiting, "waits", "wait")
+        return outside, (
+            f", outside any collective, while {_names(waiting)} {verb} {_places(ranks, waiting)}"
+        )
+    if outside:
+        return outside, ""
+    where = _places(ranks, starting)
+    if multi_node:
+        return (), f", waiting {where} for a rank on another node"
+    alone = "" if multi_node is None else " and the job has no other node"
+    return (), f", each waiting {where}{alone}"
 
 
 # --- the cases ---------------------------------------------------------------------------
@@ -415,18 +526,25 @@ class Group:
     def active(self) -> dict[str, RankSnapshot]:
         return {r: self.seen.ranks[r] for r in self.order if self.states[r] != RankState.EXITED}
 
-    def with_state(self, states: set[RankState]) -> set[str]:
-        return {r for r in self.order if self.states[r] in states}
+    def in_state(self, *states: RankState) -> list[str]:
+        return [r for r in self.order if self.states[r] in states]
 
 
 def _group(seen: Observation) -> Group:
     order = tuple(sorted(seen.ranks, key=int))
-    states = {r: rank_state(seen.ranks[r], r in seen.exited, seen.timeout, seen.now) for r in order}
+    states = {
+        r: rank_state(seen.ranks[r], r in seen.exited, seen.timeout, seen.now, seen.phase_timeout)
+        for r in order
+    }
     states.update(
         {
             r: RankState.WAITING
             for r in order
-            if states[r] is RankState.STALLED and _excused(r, seen.ranks, states)
+            if states[r] is RankState.STALLED
+            and (
+                _excused(r, seen.ranks, states)
+                or (seen.peers_busy is not None and seen.ranks[r].in_collective)
+            )
         }
     )
     ranks = {r: _describe(seen.ranks[r], states[r], seen.now) for r in order}
@@ -470,7 +588,7 @@ def _verdict(
 
 def _starting(group: Group) -> GroupVerdict | None:
     seen = group.seen
-    starting = tuple(r for r in group.order if group.states[r] is RankState.STARTING)
+    starting = tuple(group.in_state(RankState.STARTING))
     if not starting:
         return None
     start = seen.group_start if seen.group_start is not None else seen.now
@@ -485,12 +603,13 @@ def _starting(group: Group) -> GroupVerdict | None:
             f"({waited:.1f} s of the {seen.startup_timeout:g} s startup timeout)",
         )
     dead = HealthStatus(Verdict.DEAD, seen.timeout, start, round(waited, 3))
+    suspects, why = startup_blame(starting, group.active, seen.multi_node)
     return _verdict(
         group,
         dead,
-        starting,
-        f"{_names(starting)} made no progress within the startup timeout "
-        f"of {seen.startup_timeout:g} s",
+        suspects,
+        f"{_names(suspects or starting)} made no progress within the startup timeout "
+        f"of {seen.startup_timeout:g} s{why}",
     )
 
 
@@ -503,45 +622,94 @@ def _all_exited(group: Group) -> GroupVerdict | None:
     )
 
 
+def _progressing_part(group: Group, progressing: list[str]) -> str:
+    """``local rank 0 progressing in evaluation``: the phase said when it is not training."""
+    by_phase: dict[str, list[str]] = {}
+    for r in progressing:
+        by_phase.setdefault(group.ranks[r].phase, []).append(r)
+    return "; ".join(
+        f"{_names(ranks)} progressing" + ("" if phase == TRAINING else f" in {phase}")
+        for phase, ranks in by_phase.items()
+    )
+
+
+def _busy_part(group: Group, busy: list[str]) -> str:
+    """``local rank 0 in checkpoint (8.1 s; its deadline 1800 s)``, for each busy rank."""
+    seen, parts = group.seen, []
+    for r in busy:
+        snapshot = seen.ranks[r]
+        deadline = snapshot.phase_deadline or seen.phase_timeout
+        parts.append(
+            f"{_names([r])} in {snapshot.phase} "
+            f"({group.ranks[r].age:.1f} s quiet; its deadline {deadline:g} s)"
+        )
+    return "; ".join(parts)
+
+
 def _moving(group: Group) -> GroupVerdict | None:
-    active = group.active
-    if group.with_state({RankState.STALLED}):
+    if group.in_state(RankState.STALLED):
         return None
-    seen = group.seen
-    waiting = [r for r in active if group.states[r] is RankState.WAITING]
-    if not waiting:
+    seen, active = group.seen, group.active
+    progressing = group.in_state(RankState.PROGRESSING)
+    busy = group.in_state(RankState.BUSY)
+    waiting = group.in_state(RankState.WAITING)
+    if not busy and not waiting:
         oldest = min(activity(s) for s in active.values())
         status = evaluate(oldest, seen.timeout, seen.now)
-        return _verdict(group, status, (), f"{_names(list(active))} progressing")
-    moving = [r for r in active if group.states[r] is RankState.PROGRESSING]
-    # The group moves: its age is that of its most recent progress.
-    newest = max(activity(active[r]) for r in moving)
-    verb = "waits" if len(waiting) == 1 else "wait"
-    return _verdict(
-        group,
-        evaluate(newest, seen.timeout, seen.now),
-        (),
-        f"{_names(moving)} progressing; {_names(waiting)} {verb} in a collective "
-        f"{'it has' if len(moving) == 1 else 'they have'} not reached yet",
-    )
+        return _verdict(group, status, (), f"{_names(progressing)} progressing")
+    parts = [_progressing_part(group, progressing)] if progressing else []
+    if busy:
+        parts.append(_busy_part(group, busy))
+    if waiting:
+        live = progressing + busy
+        verb = _verb(waiting, "waits", "wait")
+        where = _places(seen.ranks, waiting)
+        # Released by a live local peer or, if none, by another node's rank in a phase.
+        by = _names(live) if live else seen.peers_busy
+        parts.append(f"{_names(waiting)} {verb} {where} for {by}" if live else
+                     f"{_names(waiting)} {verb} {where} while {by}")  # fmt: skip
+    # The group moves, or is busy: its age is that of its most recent sign of life.
+    newest = max(activity(active[r]) for r in (progressing + busy or waiting))
+    age = round(max(0.0, seen.now - newest), 3)
+    alive = HealthStatus(Verdict.ALIVE, seen.timeout, newest, age)
+    return _verdict(group, alive, (), "; ".join(parts))
 
 
 def _stalled(group: Group) -> GroupVerdict:
     seen = group.seen
     active = group.active
-    stalled = tuple(r for r in active if group.states[r] is RankState.STALLED)
-    found = blame(Stall(active, stalled, seen.timeout, len(group.order) - len(active)))
-    oldest = evaluate(min(activity(s) for s in active.values()), seen.timeout, seen.now)
+    stalled = tuple(group.in_state(RankState.STALLED))
+    moving = tuple(group.in_state(RankState.PROGRESSING, RankState.BUSY))
+    stall = Stall(
+        active, stalled, seen.timeout, len(group.order) - len(active), seen.multi_node, moving
+    )
+    found = blame(stall)
+    summary = found.summary + _past_deadline(group, found.suspects)
+    oldest = evaluate(min(activity(active[r]) for r in stalled), seen.timeout, seen.now)
     dead = HealthStatus(Verdict.DEAD, seen.timeout, oldest.last_progress, oldest.age)
     together = not found.suspects and len(stalled) > 1
-    return _verdict(group, dead, found.suspects, found.summary, stalled_together=together)
+    return _verdict(group, dead, found.suspects, summary, stalled_together=together)
+
+
+def _past_deadline(group: Group, suspects: tuple[str, ...]) -> str:
+    """`` (local rank 0 in checkpoint for 31 s, past its 30 s deadline)`` for suspects in one."""
+    seen, notes = group.seen, []
+    for r in suspects:
+        snapshot = seen.ranks[r]
+        if snapshot.phase is not None:
+            deadline = snapshot.phase_deadline or seen.phase_timeout
+            notes.append(
+                f"{_names([r])} in {snapshot.phase} for {group.ranks[r].phase_age or 0.0:.0f} s, "
+                f"past its {deadline:g} s deadline"
+            )
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 # The running cases, in order: the first that applies answers. The last always does.
 CASES: tuple[tuple[str, Callable[[Group], GroupVerdict | None]], ...] = (
     ("some rank has made no progress yet: starting, or past the startup deadline", _starting),
     ("every local rank has exited", _all_exited),
-    ("every rank progressing, or waiting for a progressing peer", _moving),
+    ("every rank progressing, busy in a phase, or waiting for a live peer", _moving),
     ("some rank stalled: dead, blamed when it can be told", _stalled),
 )
 
@@ -614,6 +782,9 @@ def group_status(
     exited: frozenset[str] = frozenset(),
     agent_last: float | None = None,
     extra: Mapping[str, object] | None = None,
+    phase_timeout: float = DEFAULT_PHASE_TIMEOUT,
+    world_size: int | None = None,
+    peers_busy: str | None = None,
 ) -> HealthStatus:
     """The agent's verdict as a :class:`HealthStatus` (see :func:`decide`).
 
@@ -628,6 +799,9 @@ def group_status(
         exited: Local ranks whose process is known to be gone.
         agent_last: What torch's own alive callback returned, if it was asked.
         extra: The agent's counters to merge into the body (restarts, run id).
+        phase_timeout: Seconds a rank may stay quiet inside a phase with no deadline.
+        world_size: Ranks in the whole job, if known.
+        peers_busy: What a rank on another node is busy with, if the job-wide view knows.
 
     Returns:
         The verdict; its ``detail`` is the :class:`GroupVerdict`, holding ``phase``,
@@ -643,5 +817,8 @@ def group_status(
         exited=exited,
         agent_last=agent_last,
         counters=dict(extra or {}),
+        phase_timeout=phase_timeout,
+        world_size=world_size,
+        peers_busy=peers_busy,
     )
     return decide(seen).to_status()
