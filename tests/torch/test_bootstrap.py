@@ -527,8 +527,8 @@ def test_a_rank_hung_in_a_collective_shows_it_and_dumps_all_stacks_on_the_signal
     try:
 
         def inside():
-            record = read_record(path)
-            return record if record is not None and record.in_collective else None
+            record = read_record(path)  # past init_process_group (a collective too)
+            return record if record is not None and record.collective == "all_reduce" else None
 
         record = wait_until(inside, "rank 0 to enter all_reduce")
         assert record.collective == "all_reduce"
