@@ -44,6 +44,7 @@ from ._torchrun.agentserver import DEFAULT_KIND as DEFAULT_KIND
 from ._torchrun.agentserver import ENV_PORT, AgentHandle, AgentServer
 from ._torchrun.agentstate import AgentState, GroupView
 from ._torchrun.hangwatch import ON_HANG, HangWatch
+from ._torchrun.jobview import JobView
 from ._torchrun.seam import PROVEN_TORCH as PROVEN_TORCH
 from ._torchrun.seam import TORCH_SEAM, Patches, Reliance, TorchMismatchError
 from ._torchrun.spawn import Spawner
@@ -128,6 +129,8 @@ class Integration:
         self._state.debug_pages = {"ranks": self._watch.report}
         self._agent_server = AgentServer(self._state, kind, port, options, self._listening)
         self._spawner = Spawner(self._state, bootstrap, self._watch.new_group)
+        self._jobview = JobView(self._state)
+        self._node_rank: object = None
         self._patches = Patches()
         self._environ: dict[str, str | None] = {}
         self._starts = 0  # worker groups started
@@ -226,9 +229,16 @@ class Integration:
             pass
         self._starts += 1
         state.restarts = self._starts - 1
+        self._node_rank = getattr(worker_group, "group_rank", None)
+        group = state.group
+        several_nodes = group is not None and (group.world_size or 0) > len(group.local_ranks)
+        # The agent's store of this rendezvous round, shared with the other nodes' agents.
+        self._jobview.new_round(getattr(agent, "_store", None) if several_nodes else None)
 
     def _monitored(self, agent: object, worker_group: object, result: object) -> None:
         try:
+            if self._state.phase is AgentPhase.RUNNING:
+                self._jobview.tick(self._state.verdict(), self._node_rank)
             self._watch.tick(getattr(agent, "_remaining_restarts", None))
         except Exception as exc:  # never let health checking break the agent's loop...
             if isinstance(exc, self._passthrough):

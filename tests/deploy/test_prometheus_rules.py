@@ -16,7 +16,11 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_rule_tests_exist():
-    assert [p.name for p in RULE_TESTS] == ["culprit.test.yml", "lifecycle.test.yml"]
+    assert [p.name for p in RULE_TESTS] == [
+        "culprit.test.yml",
+        "ddp.test.yml",
+        "lifecycle.test.yml",
+    ]
 
 
 def test_promtool_check_rules(promtool):

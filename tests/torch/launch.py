@@ -59,6 +59,7 @@ class Launch:
         port: int = 0,
         timeout: float = 1.5,
         nproc: int = 2,
+        standalone: bool = True,
         **env: str,
     ) -> None:
         environment = {**os.environ, "TRAIN_SECONDS": "3", **env}
@@ -79,7 +80,7 @@ class Launch:
                 *health,
                 "--nproc-per-node",
                 str(nproc),
-                "--standalone",
+                *(["--standalone"] if standalone else []),
                 "--monitor-interval",
                 "0.1",
                 *torchrun_args,

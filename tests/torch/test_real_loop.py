@@ -9,6 +9,7 @@ ways: the status code, the JSON body (states, phases, blame, summary) and the ag
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -207,3 +208,57 @@ def test_at_the_startup_deadline_only_the_rank_that_never_started_is_named():
         summary = o.detail["summary"]
         assert summary.startswith("local rank 1 made no progress within the startup timeout")
         assert "while local rank 0 waits in" in summary and "another node" not in summary
+
+
+def _free_port() -> int:
+    # torch's c10d rendezvous needs its port before it listens; the kernel picks a free one.
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+def test_a_node_whose_rank_waits_for_a_checkpoint_on_another_node_stays_alive():
+    """Two nodes (two agents on loopback, one rank each, c10d rendezvous): rank 0 writes
+    checkpoints for longer than the timeout while rank 1, on the other node, waits for it
+    in barrier(). Neither node answers 503: rank 1's waits for rank 0's phase."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    phase = 2.5 * TIMEOUT
+    nodes = [
+        Launch(
+            "--nnodes",
+            "2",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            endpoint,
+            "--rdzv-id",
+            "two-nodes",
+            script="ddp_loop.py",
+            timeout=TIMEOUT,
+            nproc=1,
+            standalone=False,
+            STEPS="12",
+            SAVE_EVERY="4",
+            SAVE_SECONDS=str(phase),
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    for node in nodes:
+        assert node.port, node.first_line
+        node.probe_until_exit()
+    results = [node.wait(timeout=240) for node in nodes]
+    assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
+    for node in nodes:
+        answered = [o for o in node.observations if o.status is not None]
+        assert answered and all(o.status == 200 for o in answered), [
+            (o.status, o.detail.get("summary")) for o in answered if o.status != 200
+        ][:3]
+    waited = [
+        o
+        for node in nodes
+        for o in node.observations
+        if running(o)
+        and o.detail["ranks"]["0"]["rank"] == 1
+        and o.detail["ranks"]["0"]["state"] == "waiting"
+    ]
+    assert waited, "rank 1 was never seen waiting past the timeout"
+    assert any("while rank 0 on node" in o.detail["summary"] for o in waited), waited[-1].detail

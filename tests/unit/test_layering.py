@@ -55,6 +55,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "_torchrun.agentstate",
             "_torchrun.agentserver",
             "_torchrun.hangwatch",
+            "_torchrun.jobview",
             "_torchrun.seam",
             "_torchrun.spawn",
             "torchelastic",

@@ -69,6 +69,8 @@ class AgentState:
         self.restarts = 0
         self.hang_restarts = 0
         self.last_hang_restart: Mapping[str, object] | None = None
+        # What a rank on another node is busy with (the job-wide view), if any.
+        self.peers_busy: str | None = None
         # What /debug/<name> serves: name -> a function of the current verdict.
         self.debug_pages: Mapping[str, Callable[[GroupVerdict], str]] = {}
 
@@ -169,6 +171,7 @@ class AgentState:
                 counters=counters,
                 phase_timeout=self.phase_timeout,
                 world_size=group.world_size if group is not None else None,
+                peers_busy=self.peers_busy,
             )
         )
 

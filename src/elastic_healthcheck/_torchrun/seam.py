@@ -65,6 +65,8 @@ class Reliance:
         before: For a phase hook, the agent's phase while the call runs.
         after: For a phase hook, the agent's phase once the call has returned.
         side: ``agent`` (patched in torchrun's process) or ``worker`` (the bootstrap's).
+        at_run_time: Read on the agent's objects while it runs (an instance attribute):
+            not resolved at install; without it, that part does nothing.
     """
 
     module: str
@@ -76,6 +78,7 @@ class Reliance:
     before: AgentPhase | None = None
     after: AgentPhase | None = None
     side: str = "agent"
+    at_run_time: bool = False
 
     @property
     def path(self) -> str:
@@ -106,6 +109,9 @@ TORCH_SEAM: tuple[Reliance, ...] = (
              "is called on every monitor tick while workers run", "monitored"),
     Reliance("torch.distributed.elastic.multiprocessing.api", "SignalException", How.READ,
              False, "is what the agent raises on SIGTERM: never swallowed"),
+    Reliance(_API, "SimpleElasticAgent._store", How.READ, False,
+             "holds the rendezvous round's store, shared by every node's agent",
+             at_run_time=True),
     Reliance("torch.optim.optimizer", "register_optimizer_step_post_hook", How.READ, False,
              "calls a hook after every optimizer step", side="worker"),
     Reliance("torch.distributed.distributed_c10d", "<collectives>", How.WRAPPED, False,
@@ -164,7 +170,7 @@ class Patches:
         """
         skipped = []
         for reliance in TORCH_SEAM:
-            if reliance.side != "agent":
+            if reliance.side != "agent" or reliance.at_run_time:
                 continue
             found = _resolve(reliance)
             if found is None:
