@@ -33,6 +33,7 @@ a health server: a health check must never be what ends a training job.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -56,6 +57,7 @@ from .status import HealthStatus
 __all__ = [
     "DEFAULT_STARTUP_TIMEOUT",
     "ENV_BOOTSTRAP",
+    "ENV_FRESH_STORE",
     "ENV_ON_HANG",
     "ENV_PHASE_TIMEOUT",
     "ENV_PORT",
@@ -76,6 +78,7 @@ ENV_STARTUP_TIMEOUT = "ELASTIC_HEALTHCHECK_TORCHRUN_STARTUP_TIMEOUT"
 ENV_BOOTSTRAP = "ELASTIC_HEALTHCHECK_TORCHRUN_BOOTSTRAP"  # 0 turns the worker bootstrap off
 ENV_ON_HANG = "ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG"  # report (default) or restart
 ENV_PHASE_TIMEOUT = "ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT"
+ENV_FRESH_STORE = "ELASTIC_HEALTHCHECK_TORCHRUN_FRESH_STORE"  # 0 keeps torch's one store
 
 # From a worker group's spawn, how long ranks may go without their first progress (an
 # optimizer step or a beat) before they are blamed. It covers importing torch, the
@@ -118,6 +121,7 @@ class Integration:
         bootstrap: bool = True,
         on_hang: str = "report",
         phase_timeout: float = DEFAULT_PHASE_TIMEOUT,
+        fresh_store: bool = True,
     ) -> None:
         self._state = AgentState(
             tempfile.mkdtemp(prefix="elastic-healthcheck-ranks-"),
@@ -130,6 +134,7 @@ class Integration:
         self._agent_server = AgentServer(self._state, kind, port, options, self._listening)
         self._spawner = Spawner(self._state, bootstrap, self._watch.new_group)
         self._jobview = JobView(self._state)
+        self._fresh_store_on = fresh_store
         self._node_rank: object = None
         self._patches = Patches()
         self._environ: dict[str, str | None] = {}
@@ -216,11 +221,14 @@ class Integration:
         state = self._state
         group = state.group
         if group is not None and isinstance(pids, Mapping):
+            # torchrun's per-worker error files (TORCHELASTIC_ERROR_FILE), by local rank.
+            files = getattr(getattr(agent, "_pcontext", None), "error_files", None)
             state.group = GroupView(
                 group.start,
                 group.local_ranks,
                 {str(r): int(p) for r, p in pids.items()},
                 group.world_size,
+                {str(r): str(f) for r, f in files.items()} if isinstance(files, Mapping) else {},
             )
         try:
             spec = getattr(worker_group, "spec", None)
@@ -258,6 +266,7 @@ class Integration:
             "phase": self._phase_hook,
             "started": self._phase_hook,
             "monitored": self._phase_hook,
+            "fresh_store": self._fresh_store,
         }
         self._patches.apply(handlers)
         signal_exception = self._patches.values.get("SignalException")
@@ -277,6 +286,28 @@ class Integration:
             return AgentHandle(alive_callback, port, timeout, lambda: agent_server)
 
         return create_healthcheck_server
+
+    def _fresh_store(self, reliance: Reliance, original: object) -> object:
+        """A new worker store for each rendezvous round (torch keeps one for all rounds).
+
+        With torch's default, the agent of rank 0 hosts one TCPStore for the workers of
+        every round, and workers keep their gloo addresses under the same keys each round:
+        a restarted rank can read a dead peer's address there and fail to connect (or hang)
+        in ``init_process_group``. Forgetting the round's server before each rendezvous
+        makes torch start a new one on a new port, and every agent read it afresh.
+        """
+        assert callable(original)
+        fresh = self._fresh_store_on
+
+        @functools.wraps(original)
+        def next_rendezvous(handler: object, *args: object, **kwargs: object) -> object:
+            if fresh and getattr(handler, "use_agent_store", False):
+                for name in ("_shared_tcp_store_server", "_bootstrap_store_info"):
+                    if hasattr(handler, name):
+                        setattr(handler, name, None)
+            return original(handler, *args, **kwargs)
+
+        return next_rendezvous
 
     def _phase_hook(self, reliance: Reliance, original: object) -> object:
         """Ours around an agent method: the phase before and after, then a follow-up."""
@@ -318,6 +349,7 @@ def install(
     bootstrap: bool | None = None,
     on_hang: str | None = None,
     phase_timeout: float | None = None,
+    fresh_store: bool | None = None,
     **options: object,
 ) -> Integration:
     """Make torch's elastic agents in this process serve real health checks.
@@ -342,6 +374,10 @@ def install(
         phase_timeout: Seconds a rank may stay inside an evaluation, a checkpoint or a
             named phase without a sign of life (unless the phase sets its own deadline);
             default: ``ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT``, else 1800.
+        fresh_store: Give the workers a new store at every rendezvous round, so that a
+            restarted group cannot read its dead predecessors' addresses (torch keeps one
+            store for all rounds); default: ``ELASTIC_HEALTHCHECK_TORCHRUN_FRESH_STORE``
+            (``0`` keeps torch's), else on. Every node of a job must agree.
         options: Server options (``host``, ``callback_timeout``, ...), as for the kind;
             ``ELASTIC_HEALTHCHECK_<OPTION>`` variables apply too.
 
@@ -365,10 +401,9 @@ def install(
         text = os.environ.get(ENV_PHASE_TIMEOUT, "").strip()
         phase_timeout = _number(ENV_PHASE_TIMEOUT, text) if text else DEFAULT_PHASE_TIMEOUT
     if bootstrap is None:
-        text = os.environ.get(ENV_BOOTSTRAP, "").strip().lower()
-        if text not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
-            raise ValueError(f"{ENV_BOOTSTRAP}={text!r} is not 0 or 1")
-        bootstrap = text not in ("0", "false", "no", "off")
+        bootstrap = _flag(ENV_BOOTSTRAP)
+    if fresh_store is None:
+        fresh_store = _flag(ENV_FRESH_STORE)
     if on_hang is None:
         on_hang = os.environ.get(ENV_ON_HANG, "").strip() or "report"
         if on_hang not in ON_HANG:
@@ -394,6 +429,7 @@ def install(
             bootstrap=bootstrap,
             on_hang=on_hang,
             phase_timeout=phase_timeout,
+            fresh_store=fresh_store,
         )
         _installed = integration
     try:
@@ -405,6 +441,14 @@ def install(
         integration.uninstall()
         raise
     return integration
+
+
+def _flag(name: str) -> bool:
+    """A variable that is on unless it says off (blank: on)."""
+    text = os.environ.get(name, "").strip().lower()
+    if text not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
+        raise ValueError(f"{name}={text!r} is not 0 or 1")
+    return text not in ("0", "false", "no", "off")
 
 
 def _number(name: str, text: str, integer: bool = False) -> float:

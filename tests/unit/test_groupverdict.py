@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from elastic_healthcheck._torchrun.record import FLAG_EXITED, RankSnapshot
-from elastic_healthcheck._torchrun.verdict import group_status, rank_state
+from elastic_healthcheck._torchrun.verdict import Peers, group_status, rank_state
 from elastic_healthcheck.status import Verdict
 
 NOW = 1_700_000_100.0
@@ -397,7 +397,7 @@ def test_a_rank_stalled_outside_a_collective_is_not_blamed_for_a_busy_peer_befor
 
 
 def test_ranks_waiting_for_a_busy_rank_on_another_node_wait():
-    status = verdict(TOGETHER, world_size=8, peers_busy="rank 0 is in checkpoint")
+    status = verdict(TOGETHER, world_size=8, peers=Peers(busy="rank 0 is in checkpoint"))
     assert status.alive, status.detail
     assert {r["state"] for r in status.detail["ranks"].values()} == {"waiting"}
     assert status.detail["summary"] == (
@@ -441,3 +441,23 @@ def test_when_every_starting_rank_waits_nobody_local_is_blamed(world_size, said)
     assert status.verdict is Verdict.DEAD
     assert status.detail["suspect_ranks"] == []
     assert said in status.detail["summary"]
+
+
+def test_a_lone_rank_stalled_outside_is_blamed_when_other_nodes_wait_in_a_collective():
+    status = verdict({"0": rank(8, entered=40)}, world_size=2, peers=Peers(waiting=1))
+    assert status.detail["suspect_ranks"] == ["0"]
+    assert status.detail["summary"] == (
+        "local rank 0 stalled outside a collective while ranks on 1 other node wait in one"
+    )
+
+
+def test_a_lone_rank_waiting_says_whom_it_waits_for():
+    who = "rank 1 on node 1, stalled outside a collective"
+    status = verdict(
+        {"0": rank(8, entered=41, inside="ddp_all_reduce", inside_for=7.9)},
+        world_size=2,
+        peers=Peers(stalled_outside=who),
+    )
+    assert status.verdict is Verdict.DEAD
+    assert status.detail["suspect_ranks"] == []
+    assert status.detail["summary"] == f"local rank 0 stalled (in ddp_all_reduce): waits for {who}"

@@ -18,17 +18,39 @@ from collections.abc import Callable, Mapping
 
 from ..status import HealthStatus, Verdict, evaluate
 from .record import RankSnapshot, read_record, record_path
-from .verdict import DEFAULT_PHASE_TIMEOUT, AgentPhase, GroupVerdict, Observation, decide
+from .verdict import (
+    DEFAULT_PHASE_TIMEOUT,
+    AgentPhase,
+    GroupVerdict,
+    Observation,
+    Peers,
+    RankState,
+    decide,
+)
 
-__all__ = ["TORCH_TIMEOUT", "AgentState", "GroupView", "process_gone"]
+__all__ = [
+    "RESTART_STARTUP_FACTOR",
+    "TORCH_TIMEOUT",
+    "AgentState",
+    "GroupView",
+    "process_gone",
+    "process_state",
+]
 
 TORCH_TIMEOUT = 60.0  # what LocalElasticAgent passes to create_healthcheck_server
+
+# A restarted worker group has this many times what the first took to start (from its
+# spawn to every rank's first progress), and at least twice the timeout, to start: it does
+# the same work again (import, process group, model, data), warmer. A group stuck in
+# init_process_group after a restart is then reported in minutes, not at the 30-minute
+# startup timeout that a first start of an unknown job needs.
+RESTART_STARTUP_FACTOR = 3.0
 
 
 class GroupView:
     """The current worker group as the agent spawned it (replaced whole, never mutated)."""
 
-    __slots__ = ("local_ranks", "pids", "start", "world_size")
+    __slots__ = ("error_files", "local_ranks", "pids", "start", "world_size")
 
     def __init__(
         self,
@@ -36,11 +58,14 @@ class GroupView:
         local_ranks: tuple[str, ...],
         pids: Mapping[str, int] | None = None,
         world_size: int | None = None,
+        error_files: Mapping[str, str] | None = None,
     ) -> None:
         self.start = start
         self.local_ranks = local_ranks
         self.pids: Mapping[str, int] = pids or {}
         self.world_size = world_size  # ranks in the whole job (WORLD_SIZE), if known
+        # Local rank -> the file torchrun reads a worker's error from (TORCHELASTIC_ERROR_FILE).
+        self.error_files: Mapping[str, str] = error_files or {}
 
 
 class AgentState:
@@ -69,14 +94,33 @@ class AgentState:
         self.restarts = 0
         self.hang_restarts = 0
         self.last_hang_restart: Mapping[str, object] | None = None
-        # What a rank on another node is busy with (the job-wide view), if any.
-        self.peers_busy: str | None = None
+        # What the other nodes' agents say of their ranks (the job-wide view).
+        self.peers = Peers()
+        # Seconds the first worker group took from its spawn to every rank's first progress.
+        self.first_startup: float | None = None
         # What /debug/<name> serves: name -> a function of the current verdict.
         self.debug_pages: Mapping[str, Callable[[GroupVerdict], str]] = {}
 
     @property
     def timeout(self) -> float:
         return self.override_timeout if self.override_timeout is not None else self.torch_timeout
+
+    def startup_deadline(self) -> float:
+        """The current group's startup timeout: the configured one, or for a restarted
+        group what the first start has shown it needs (see RESTART_STARTUP_FACTOR)."""
+        first = self.first_startup
+        if self.restarts == 0 or first is None:
+            return self.startup_timeout
+        adapted = max(RESTART_STARTUP_FACTOR * first, 2 * self.timeout)
+        return min(self.startup_timeout, adapted)
+
+    def note_startup(self, verdict: GroupVerdict, now: float) -> None:
+        """Measure the first group's startup, once every rank has made progress."""
+        group = self.group
+        if self.first_startup is not None or self.restarts or group is None or not verdict.ranks:
+            return
+        if all(rank.state is not RankState.STARTING for rank in verdict.ranks.values()):
+            self.first_startup = round(now - group.start, 3)
 
     def snapshots(self) -> dict[str, RankSnapshot]:
         """Local rank -> its record, for every rank of the current group."""
@@ -163,7 +207,7 @@ class AgentState:
                 phase=phase,
                 now=now,
                 timeout=timeout,
-                startup_timeout=self.startup_timeout,
+                startup_timeout=self.startup_deadline(),
                 group_start=group.start if group is not None else None,
                 ranks=self.snapshots() if running else {},
                 exited=self.exited() if running else frozenset(),
@@ -171,7 +215,7 @@ class AgentState:
                 counters=counters,
                 phase_timeout=self.phase_timeout,
                 world_size=group.world_size if group is not None else None,
-                peers_busy=self.peers_busy,
+                peers=self.peers,
             )
         )
 
@@ -190,16 +234,23 @@ def _agent_progress(
     return checked.last_progress, None
 
 
-def process_gone(pid: int) -> bool:
-    """Whether a worker process has ended (a zombie counts: torch has not reaped it yet)."""
+def process_state(pid: int) -> str | None:
+    """The one-letter state of a process in /proc (R, S, D, T, Z, ...), or None if unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             # "pid (comm) S ...": the state follows the last parenthesis.
-            return stat.read().rsplit(b")", 1)[1][1:2] in (b"Z", b"X")
-    except FileNotFoundError:
-        return True
+            return stat.read().rsplit(b")", 1)[1][1:2].decode("ascii", "replace") or None
     except (OSError, IndexError):
-        pass
+        return None
+
+
+def process_gone(pid: int) -> bool:
+    """Whether a worker process has ended (a zombie counts: torch has not reaped it yet)."""
+    state = process_state(pid)
+    if state is not None:
+        return state in ("Z", "X")
+    if not os.path.exists(f"/proc/{pid}") and os.path.isdir("/proc/self"):
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -15,8 +15,9 @@ import time
 
 from ..logging import get_logger
 from ..status import Verdict
-from .agentstate import AgentState, GroupView, process_gone
+from .agentstate import AgentState, GroupView, process_gone, process_state
 from .record import FLAG_STACKS, read_record, record_path, stack_path
+from .rootcause import write_root_causes
 from .stacks import capture_stack
 from .verdict import AgentPhase, GroupVerdict, RankState
 
@@ -37,6 +38,7 @@ def end_processes(pids: list[int], grace: float) -> None:
     """
     for pid in pids:
         _signal(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGCONT)  # a stopped worker acts on its SIGTERM only once resumed
 
     def finish() -> None:
         deadline = time.monotonic() + grace
@@ -82,8 +84,19 @@ class HangWatch:
         if self._state.phase is not AgentPhase.RUNNING:
             return
         verdict = self._state.verdict()
-        if self.observe(verdict) and self._on_hang == "restart":
+        self._state.note_startup(verdict, time.time())
+        self.observe(verdict)
+        if self._dead and self._on_hang == "restart" and self._ready_to_end(verdict):
             self._end_group(verdict, remaining_restarts)
+
+    def _ready_to_end(self, verdict: GroupVerdict) -> bool:
+        """End the group at once when a local rank is to blame; when none is (the ranks
+        wait for another node's), first give that node one more timeout to end its own:
+        torch then restarts this node's group for the membership change, without using
+        up its restarts. A hang nobody can be told from is still ended after that."""
+        if verdict.suspects:
+            return True
+        return (verdict.age or 0.0) > 2 * verdict.timeout
 
     def observe(self, verdict: GroupVerdict) -> bool:
         """True once when the running verdict turns dead (stacks captured and logged)."""
@@ -127,8 +140,17 @@ class HangWatch:
             or not snapshot.pid
         ):
             return "(no stack: the worker did not start through the bootstrap)\n"
+        state = process_state(snapshot.pid)
+        if state in ("T", "t"):
+            return (
+                f"(no stack: the process is stopped (state {state}, as after SIGSTOP), so it "
+                "runs no signal handler)\n"
+            )
         text = capture_stack(snapshot.pid, stack_path(self._state.rank_dir, rank), deadline)
-        return text if text else "(no stack: the worker did not answer in time)\n"
+        if text:
+            return text
+        why = " (in uninterruptible sleep, state D)" if state == "D" else ""
+        return f"(no stack: the worker did not answer in time{why})\n"
 
     def _end_group(self, verdict: GroupVerdict, remaining_restarts: object) -> None:
         state = self._state
@@ -142,6 +164,7 @@ class HangWatch:
             verdict.age or 0.0,
             "restarts it" if remaining_restarts else "ends the job: no restarts are left",
         )
+        write_root_causes(verdict, group, self._stacks, time.time())
         state.hang_restarts += 1
         state.last_hang_restart = {
             "at": round(time.time(), 3),

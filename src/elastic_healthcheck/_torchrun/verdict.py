@@ -44,6 +44,7 @@ __all__ = [
     "Blame",
     "GroupVerdict",
     "Observation",
+    "Peers",
     "RankState",
     "RankVerdict",
     "activity",
@@ -101,6 +102,24 @@ TRAINING = "training"  # a rank's phase when it is in none
 
 
 @dataclass(frozen=True)
+class Peers:
+    """What the other nodes' agents say of their ranks (the job-wide view); empty if unknown.
+
+    Attributes:
+        busy: What a rank on another node is busy with, if one is in a phase
+            (``rank 0 on node 0 is in checkpoint``): local ranks waiting in a collective
+            wait for it.
+        waiting: Other nodes with a rank waiting inside a collective.
+        stalled_outside: A rank on another node that stalled outside any collective
+            (``rank 3 on node 1 stalled outside a collective``), if any.
+    """
+
+    busy: str | None = None
+    waiting: int = 0
+    stalled_outside: str | None = None
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything the verdict is decided from, read at one instant.
 
@@ -120,8 +139,7 @@ class Observation:
             the phase sets no deadline of its own.
         world_size: Ranks in the whole job (``None``: unknown); more than the local ranks
             means the job has other nodes.
-        peers_busy: What another node's rank is busy with (``rank 0 is in checkpoint``),
-            when the job-wide view knows: stalled local ranks inside a collective wait.
+        peers: What the other nodes' agents say (see :class:`Peers`).
     """
 
     phase: AgentPhase
@@ -135,7 +153,7 @@ class Observation:
     counters: Mapping[str, object] = field(default_factory=dict)
     phase_timeout: float = DEFAULT_PHASE_TIMEOUT
     world_size: int | None = None
-    peers_busy: str | None = None
+    peers: Peers = field(default_factory=Peers)
 
     @property
     def multi_node(self) -> bool | None:
@@ -367,6 +385,7 @@ class Stall:
     finished: int  # local peers that have exited
     multi_node: bool | None = None
     moving: tuple[str, ...] = ()  # local peers still progressing (or busy in a phase)
+    peers: Peers = field(default_factory=Peers)
 
     def inside(self, rank: str) -> bool:
         return self.active[rank].in_collective
@@ -429,6 +448,18 @@ def _alone_after_its_peers_exited(s: Stall) -> Blame | None:
     )
 
 
+def _outside_while_other_nodes_wait(s: Stall) -> Blame | None:
+    # The job-wide view: no local peer waits, but ranks on other nodes wait in collectives.
+    outside = tuple(r for r in s.stalled if not s.inside(r))
+    if not outside or not s.peers.waiting:
+        return None
+    nodes = f"{s.peers.waiting} other node{'s' if s.peers.waiting > 1 else ''}"
+    return Blame(
+        outside,
+        f"{_names(outside)} stalled outside a collective while ranks on {nodes} wait in one",
+    )
+
+
 # The blame rules, in order: the first that names someone decides. docs/torchrun.md lists
 # them in this order (tests/docs/test_torchrun_doc.py compares the two).
 BLAME_RULES: tuple[tuple[str, Callable[[Stall], Blame | None]], ...] = (
@@ -436,13 +467,18 @@ BLAME_RULES: tuple[tuple[str, Callable[[Stall], Blame | None]], ...] = (
     ("entered fewer collectives than its stalled peers", _entered_fewer),
     ("last progress more than the timeout older than a peer's", _lags_its_peers),
     ("outside any collective once its local peers have exited", _alone_after_its_peers_exited),
-)
+    ("stalled outside a collective while ranks on other nodes wait in one",
+     _outside_while_other_nodes_wait),
+)  # fmt: skip
 
 
 def _nobody_to_blame(s: Stall) -> Blame:
     """Why nobody is named: only what is known, "another node" only when there is one."""
     place = _places(s.active, s.stalled)
     stalled = _names(s.stalled)
+    if s.peers.stalled_outside and all(s.inside(r) for r in s.stalled):
+        verb = _verb(s.stalled, "waits", "wait")
+        return Blame((), f"{stalled} stalled ({place}): {verb} for {s.peers.stalled_outside}")
     if len(s.stalled) == 1:
         if s.moving:
             return Blame(
@@ -543,7 +579,7 @@ def _group(seen: Observation) -> Group:
             if states[r] is RankState.STALLED
             and (
                 _excused(r, seen.ranks, states)
-                or (seen.peers_busy is not None and seen.ranks[r].in_collective)
+                or (seen.peers.busy is not None and seen.ranks[r].in_collective)
             )
         }
     )
@@ -665,7 +701,7 @@ def _moving(group: Group) -> GroupVerdict | None:
         verb = _verb(waiting, "waits", "wait")
         where = _places(seen.ranks, waiting)
         # Released by a live local peer or, if none, by another node's rank in a phase.
-        by = _names(live) if live else seen.peers_busy
+        by = _names(live) if live else seen.peers.busy
         parts.append(f"{_names(waiting)} {verb} {where} for {by}" if live else
                      f"{_names(waiting)} {verb} {where} while {by}")  # fmt: skip
     # The group moves, or is busy: its age is that of its most recent sign of life.
@@ -681,7 +717,13 @@ def _stalled(group: Group) -> GroupVerdict:
     stalled = tuple(group.in_state(RankState.STALLED))
     moving = tuple(group.in_state(RankState.PROGRESSING, RankState.BUSY))
     stall = Stall(
-        active, stalled, seen.timeout, len(group.order) - len(active), seen.multi_node, moving
+        active,
+        stalled,
+        seen.timeout,
+        len(group.order) - len(active),
+        seen.multi_node,
+        moving,
+        seen.peers,
     )
     found = blame(stall)
     summary = found.summary + _past_deadline(group, found.suspects)
@@ -784,7 +826,7 @@ def group_status(
     extra: Mapping[str, object] | None = None,
     phase_timeout: float = DEFAULT_PHASE_TIMEOUT,
     world_size: int | None = None,
-    peers_busy: str | None = None,
+    peers: Peers | None = None,
 ) -> HealthStatus:
     """The agent's verdict as a :class:`HealthStatus` (see :func:`decide`).
 
@@ -801,7 +843,7 @@ def group_status(
         extra: The agent's counters to merge into the body (restarts, run id).
         phase_timeout: Seconds a rank may stay quiet inside a phase with no deadline.
         world_size: Ranks in the whole job, if known.
-        peers_busy: What a rank on another node is busy with, if the job-wide view knows.
+        peers: What the other nodes' agents say, if the job-wide view knows.
 
     Returns:
         The verdict; its ``detail`` is the :class:`GroupVerdict`, holding ``phase``,
@@ -819,6 +861,6 @@ def group_status(
         counters=dict(extra or {}),
         phase_timeout=phase_timeout,
         world_size=world_size,
-        peers_busy=peers_busy,
+        peers=peers or Peers(),
     )
     return decide(seen).to_status()

@@ -6,9 +6,13 @@ evaluation, every SAVE_EVERY steps a checkpoint. It never imports elastic_health
 Knobs (RANK_X means "global rank X"; everything optional):
 
 STEPS=N (default 30)            STEP_SECONDS=S (sleep per step, default 0.05)
-HANG_RANK=X HANG_STEP=N HANG_WHERE=forward|backward|loader
-                                rank X blocks forever there at step N (first attempt only)
-LOAD_RANK=X LOAD_SECONDS=S      rank X loads data for S s before its first step
+HANG_RANK=X HANG_STEP=N HANG_WHERE=forward|backward|loader|stop
+                                rank X blocks forever there at step N (first attempt only);
+                                stop: it stops itself with SIGSTOP, as a frozen process
+CRASH_RANK=X CRASH_STEP=N       rank X exits with status 3 at step N (first attempt only)
+LOAD_RANK=X LOAD_SECONDS=S [LOAD_ATTEMPT=A]
+                                rank X loads data for S s before its first step (on attempt
+                                A only, if given)
 EVAL_EVERY=N EVAL_SECONDS=S EVAL_WHO=all|rank0|cycle EVAL_COLLECTIVE=1
                                 evaluate for S s: forwards under model.eval() on every rank,
                                 or on rank 0 alone while the others wait in barrier();
@@ -25,6 +29,7 @@ step, "EVAL <start> <end>" and "SAVE <start> <end>" around each phase, "DONE ran
 """
 
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -55,6 +60,8 @@ def hang_here(where, step):
 
 def stuck_forever():
     print(f"HANG {time.time()}", flush=True)
+    if os.environ.get("HANG_WHERE") == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
     while True:
         time.sleep(1)
 
@@ -196,12 +203,18 @@ def main():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     data = Samples(torch.randn(4096, 8), torch.randn(4096, 1))
     loader = DataLoader(data, batch_size=4, num_workers=1)
-    if knob("LOAD_RANK") == rank_env:
+    if knob("LOAD_RANK") == rank_env and knob("LOAD_ATTEMPT", attempt) == attempt:
+        if knob("LOAD_ATTEMPT") is not None:
+            print(f"HANG {time.time()}", flush=True)
         time.sleep(knob("LOAD_SECONDS", 5.0, float))
     steps = knob("STEPS", 30)
     batches = iter(loader)
     for step in range(steps):
         x, y = next(batches)
+        if knob("CRASH_RANK") == rank_env and knob("CRASH_STEP") == step and attempt == 0:
+            sys.exit(3)
+        if hang_here("stop", step):
+            stuck_forever()
         if getattr(model, "module", None) is not None:
             model.module.step = step
         elif os.environ.get("FSDP") == "1" and hang_here("forward", step):
