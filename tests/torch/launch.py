@@ -56,36 +56,49 @@ class Launch:
         *torchrun_args: str,
         script: str = "train.py",
         health: tuple[str, ...] = (),
-        port: int = 0,
+        port: int | None = 0,
         timeout: float = 1.5,
         nproc: int = 2,
         standalone: bool = True,
+        launcher: str = "wrapper",
         **env: str,
     ) -> None:
+        """Launch torchrun on a script of tests/torch/scripts.
+
+        ``launcher`` is ``wrapper`` (``elastic-healthcheck torchrun`` with the ``--health-*``
+        options), ``torchrun`` (the plain ``torchrun`` command) or ``module`` (``python -m
+        torch.distributed.run``); the plain ones get the health options from the
+        environment, as a PyTorchJob sets them, and ``port=None`` leaves the health port
+        unset.
+        """
         environment = {**os.environ, "TRAIN_SECONDS": "3", **env}
         environment.pop("TORCHELASTIC_HEALTH_CHECK_PORT", None)
+        torchrun = [
+            "--nproc-per-node",
+            str(nproc),
+            *(["--standalone"] if standalone else []),
+            "--monitor-interval",
+            "0.1",
+            *torchrun_args,
+            str(SCRIPTS / script),
+        ]
+        if launcher == "wrapper":
+            command = [sys.executable, "-m", "elastic_healthcheck", "torchrun",
+                       "--health-port", str(port), "--health-host", "127.0.0.1",
+                       "--health-timeout", str(timeout), *health, *torchrun]  # fmt: skip
+        else:
+            assert not health, "plain torchrun takes its health options from the environment"
+            program = [str(Path(sys.executable).with_name("torchrun"))]
+            if launcher == "module":
+                program = [sys.executable, "-m", "torch.distributed.run"]
+            command = [*program, *torchrun]
+            environment.setdefault("ELASTIC_HEALTHCHECK_HOST", "127.0.0.1")
+            environment.setdefault("ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT", str(timeout))
+            if port is not None:
+                environment["TORCHELASTIC_HEALTH_CHECK_PORT"] = str(port)
         self.started = time.time()
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "elastic_healthcheck",
-                "torchrun",
-                "--health-port",
-                str(port),
-                "--health-host",
-                "127.0.0.1",
-                "--health-timeout",
-                str(timeout),
-                *health,
-                "--nproc-per-node",
-                str(nproc),
-                *(["--standalone"] if standalone else []),
-                "--monitor-interval",
-                "0.1",
-                *torchrun_args,
-                str(SCRIPTS / script),
-            ],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -93,12 +106,21 @@ class Launch:
             start_new_session=True,
         )
         assert self.process.stderr is not None and self.process.stdout is not None
-        self.first_line = self.process.stderr.readline()
+        # Where it serves: the first stderr line of the wrapper; plain torchrun says it a few
+        # lines in (or never, with no health port).
+        self.err_lines: list[tuple[float, str]] = []
         self.port: int | None = None
-        if "health checks for the elastic agent on http://" in self.first_line:
-            self.port = int(self.first_line.rsplit(":", 1)[1].split("/", 1)[0])
+        self.first_line = ""
+        for line in self.process.stderr if launcher == "wrapper" or port is not None else ():
+            self.err_lines.append((time.time(), line))
+            self.first_line = self.first_line or line
+            if "health checks for the elastic agent on http://" in line:
+                self.first_line = line
+                self.port = int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+                break
+            if launcher == "wrapper" or len(self.err_lines) >= 20:
+                break
         self.out_lines: list[tuple[float, str]] = []
-        self.err_lines: list[tuple[float, str]] = [(time.time(), self.first_line)]
         self._readers = [
             threading.Thread(target=self._drain, args=(self.process.stdout, self.out_lines)),
             threading.Thread(target=self._drain, args=(self.process.stderr, self.err_lines)),

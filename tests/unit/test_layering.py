@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "_torchrun.agentserver",
             "_torchrun.hangwatch",
             "_torchrun.jobview",
+            "_torchrun.plugin",
             "_torchrun.rootcause",
             "_torchrun.seam",
             "_torchrun.spawn",

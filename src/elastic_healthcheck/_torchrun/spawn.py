@@ -93,11 +93,12 @@ class Spawner:
         new_envs = {rank: dict(env) for rank, env in envs.items()}
         new_args = dict(args)
         bootstrap = self._bootstrap and isinstance(entrypoint, str) and is_python(entrypoint)
+        failed: list[str] = []
         for rank in sorted(new_envs):
             try:
                 create_record(record_path(state.rank_dir, rank), now)
             except OSError as exc:
-                log.warning("Cannot create the progress record of local rank %s: %s", rank, exc)
+                failed.append(f"{rank} ({exc.strerror or exc})")
             new_envs[rank].update(
                 {
                     ENV_DIR: state.rank_dir,
@@ -107,6 +108,13 @@ class Spawner:
             )
             if bootstrap and rank in new_args:
                 new_args[rank] = bootstrap_args(tuple(new_args[rank]))
+        if failed:
+            log.warning(
+                "Cannot create the progress records of local ranks %s in %s: they are judged "
+                "from their spawn, with no progress to see; training goes on",
+                ", ".join(failed),
+                state.rank_dir,
+            )
         state.group = GroupView(
             now, tuple(str(rank) for rank in sorted(new_envs)), world_size=_world_size(new_envs)
         )
