@@ -84,6 +84,7 @@ FOLDER_IMPORTS: dict[str, set[str]] = {
         "_tcp",
         "_engine",
         "worker",
+        "torchelastic",  # the plain-torchrun entry point installs the public integration
     },
     "_cli": {
         "status",

@@ -280,8 +280,7 @@ def _install_ddp(hooks: Hooks, torch: types.ModuleType) -> None:
         return
     from torch.nn.parallel import DistributedDataParallel
 
-    engine = torch.autograd.Variable._execution_engine
-    hooks.ddp(DistributedDataParallel, torch.autograd, engine, torch.is_grad_enabled)
+    hooks.ddp(DistributedDataParallel, torch.autograd.Variable._execution_engine)
 
 
 def _when_imported(name: str, then: Callable[[types.ModuleType], None]) -> None:

@@ -13,9 +13,9 @@ the rank ...                                seen through
 makes progress                              torch's optimizer step post-hook
 is inside a Python-level collective         ``torch.distributed`` functions, wrapped
 waits for one started with ``async_op``     ``Work.wait()`` and ``Future.wait()``
-waits in DDP's gradient all-reduce (C++)    ``torch.autograd.backward``: a callback the
-                                            autograd engine runs once the gradients are
-                                            computed, before DDP's reducer waits
+waits in DDP's gradient all-reduce (C++)    a post-accumulate-grad hook on the model's
+                                            parameters queues callbacks the autograd
+                                            engine runs around DDP's reducer's wait
 is in DDP's C++ collectives                 ``_broadcast_coalesced``,
                                             ``_verify_params_across_processes``,
                                             ``Reducer._rebuild_buckets``
@@ -38,6 +38,7 @@ import functools
 import inspect
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -85,7 +86,6 @@ class Hooks:
         self.phases = phases
         self._thread = threading.get_ident()  # the training thread
         self._work_names: dict[int, str] = {}
-        self._ddp_sync_pending = False
         self._eval_hooks: dict[int, list[Any]] = {}
         self._eval_depth = 0
         self._checkpoint_depth = 0
@@ -196,7 +196,9 @@ class Hooks:
 
         @functools.wraps(wait)
         def noted_wait(self: object, *args: Any, **kwargs: Any) -> Any:
-            if get_ident() != training:
+            # Inside a collective already (every synchronous one waits on its Work), or
+            # another thread's: torch's own, at once.
+            if record._depth or get_ident() != training:
                 return wait(self, *args, **kwargs)
             record.wait(names.pop(id(self), "wait"))
             try:
@@ -235,61 +237,31 @@ class Hooks:
 
     # -- DDP's gradient all-reduce --------------------------------------------------
 
-    def ddp(
-        self,
-        ddp_class: type,
-        autograd: types.ModuleType,
-        engine: Any,
-        grad_enabled: Callable[[], bool],
-    ) -> None:
+    def ddp(self, ddp_class: type, engine: Any) -> None:
         """See a rank wait in DDP's gradient all-reduce, which runs and waits in C++.
 
-        A DDP forward that will synchronize gradients arms the next backward: a pre-hook
-        on its root queues a callback that the autograd engine runs once every gradient
-        is computed, just before DDP's reducer (whose own callback is queued later, when
-        its last bucket is ready) waits for the all-reduces. From that callback until
-        ``backward`` returns, the rank waits for its peers.
+        On a DDP model's first forward, a post-accumulate-grad hook goes on (up to
+        :data:`_DDP_WATCHED` of) its parameters. In a backward that synchronizes gradients,
+        the first of them to fire queues a callback, which the autograd engine runs once
+        every gradient is computed, before DDP's reducer (whose own callback is queued
+        when its last bucket is ready, later) waits for the all-reduces; that callback
+        queues another, which runs after the reducer's. Between the two, the rank waits
+        for its peers. Nothing changes what DDP computes, and DDP's comm hooks stay free.
         """
         forward = ddp_class.__dict__.get("forward")
-        backward = getattr(autograd, "backward", None)
-        if forward is None or not callable(backward):
+        if forward is None or not callable(forward):
             return
-        hooks = self
+        hooks, syncs = self, weakref.WeakKeyDictionary[Any, _DDPSync]()
 
         @functools.wraps(forward)
         def ddp_forward(module: Any, *args: Any, **kwargs: Any) -> Any:
-            result = forward(module, *args, **kwargs)
-            if getattr(module, "require_backward_grad_sync", False) and grad_enabled():
-                hooks._ddp_sync_pending = True
-            return result
+            sync = syncs.get(module)
+            if sync is None:
+                sync = syncs[module] = _DDPSync(hooks.record, module, engine)
+            sync.reset()
+            return forward(module, *args, **kwargs)
 
         _replace(ddp_class, "forward", ddp_forward)
-        _replace(autograd, "backward", self._backward(backward, engine))
-
-    def _backward(self, backward: Callable[..., Any], engine: Any) -> Callable[..., Any]:
-        record, hooks, training = self.record, self, self._thread
-        get_ident = threading.get_ident
-
-        @functools.wraps(backward)
-        def noted_backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-            if not hooks._ddp_sync_pending or get_ident() != training:
-                return backward(tensors, *args, **kwargs)
-            hooks._ddp_sync_pending = False
-            entered = [False]
-
-            def computed() -> None:
-                entered[0] = record.enter("ddp_all_reduce")
-
-            handle = _on_backward_start(tensors, lambda: engine.queue_callback(computed))
-            try:
-                return backward(tensors, *args, **kwargs)
-            finally:
-                if handle is not None:
-                    handle.remove()
-                if entered[0]:
-                    record.leave()
-
-        return noted_backward
 
     # -- evaluation -----------------------------------------------------------------
 
@@ -426,6 +398,53 @@ class Hooks:
         return noted
 
 
+# Parameters of a DDP model watched for its gradients: all of a small model, an even
+# spread of a large one (the first to get its gradient arms the wait; with
+# find_unused_parameters, one of many is used).
+_DDP_WATCHED = 64
+
+
+class _DDPSync:
+    """One DDP model's gradient synchronization, as the rank's record sees it."""
+
+    def __init__(self, record: RankRecord, module: Any, engine: Any) -> None:
+        self._record = record
+        self._engine = engine
+        self._module = weakref.ref(module)
+        self._queued = False
+        self._open = False
+        parameters = [p for p in module.parameters() if p.requires_grad]
+        step = max(1, len(parameters) // _DDP_WATCHED)
+        watched = {id(p): p for p in (*parameters[::step], *parameters[-1:])}
+        for parameter in watched.values():
+            parameter.register_post_accumulate_grad_hook(self._gradient)
+
+    def reset(self) -> None:
+        """A new forward: whatever the last backward left undone (it raised) is over."""
+        self._queued = False
+        if self._open:
+            self._open = False
+            self._record.leave()
+
+    def _gradient(self, parameter: object) -> None:
+        if self._queued:
+            return
+        module = self._module()
+        if module is None or not getattr(module, "require_backward_grad_sync", False):
+            return  # no_sync(): nothing is reduced in this backward
+        self._queued = True
+        self._engine.queue_callback(self._computed)
+
+    def _computed(self) -> None:
+        self._open = self._record.enter("ddp_all_reduce")
+        self._engine.queue_callback(self._reduced)  # runs after the reducer's wait
+
+    def _reduced(self) -> None:
+        if self._open:
+            self._open = False
+            self._record.leave()
+
+
 def _replace(owner: object, name: str, value: object) -> None:
     """Put ``value`` where torch has ``name`` (a module's function or a class's method)."""
     setattr(owner, name, value)
@@ -437,21 +456,3 @@ def _positional_index(function: Callable[..., Any], parameter: str) -> int | Non
     except (TypeError, ValueError):
         return None
     return names.index(parameter) if parameter in names else None
-
-
-def _on_backward_start(tensors: Any, call: Callable[[], None]) -> Any:
-    """Run ``call`` when the engine starts on the first root of ``tensors`` (its handle)."""
-    root = tensors
-    if isinstance(root, (tuple, list)):
-        root = root[0] if root else None
-    grad_fn = getattr(root, "grad_fn", None)
-    if grad_fn is None:
-        return None
-
-    def started(*_: Any) -> None:
-        call()
-
-    try:
-        return grad_fn.register_prehook(started)
-    except Exception:
-        return None

@@ -19,9 +19,9 @@ never seen half written on the platforms torch runs on)::
         48  f64   time the rank went inside a collective or a wait for one
         56  u64   code of that collective (see COLLECTIVES)
         64  u64   depth: collectives and waits open on the training thread (> 0: inside)
-        72  u64   flags (1 = exited normally, 2 = the bootstrap is in,
+        72  f64   time the rank last left a collective or a phase (0 = never)
+        80  u64   flags (1 = exited normally, 2 = the bootstrap is in,
                   4 = the stack dump is registered: only then may the signal be sent)
-        80  f64   time the rank last left a collective or a phase (0 = never)
         88  u64   phase code (see PHASES; 0 = training)
         96  f64   time the phase began
        104  f64   the phase's own deadline in seconds (0 = the agent's phase timeout)
@@ -128,14 +128,15 @@ COLLECTIVES = (
 _CODES = {name: code for code, name in enumerate(COLLECTIVES) if name}
 _PHASE_CODES = {name: code for code, name in enumerate(PHASES)}
 
-_WHOLE = struct.Struct("<IIdqdQQdQQQdQdddQ32s")  # the first 160 bytes
+_WHOLE = struct.Struct("<IIdqdQQdQQdQQdddQ32s")  # the first 160 bytes
 _HEAD = struct.Struct("<IIdq")  # magic, pid, spawn, rank
 _PROGRESS = struct.Struct("<dQ")  # at 24: last progress, events
 _ENTER = struct.Struct("<QdQQ")  # at 40: entered, since, code, depth
 _INSIDE = struct.Struct("<dQQ")  # at 48: since, code, depth
 _DEPTH = struct.Struct("<Q")  # at 64
-_LEFT_AT = struct.Struct("<d")  # at 80: when
-_FLAGS = struct.Struct("<Q")  # at 72
+_LEFT = struct.Struct("<Qd")  # at 64: depth 0, and when
+_LEFT_AT = struct.Struct("<d")  # at 72: when
+_FLAGS = struct.Struct("<Q")  # at 80
 _PHASE = struct.Struct("<Qddd")  # at 88: code, since, deadline, activity
 _ACTIVITY = struct.Struct("<dQ")  # at 112: activity, forwards
 _NAME = struct.Struct("<32s")  # at 128
@@ -257,7 +258,7 @@ def read_record(path: str) -> RankSnapshot | None:
     if len(data) < _WHOLE.size:
         return None
     fields = _WHOLE.unpack(data)
-    (magic, pid, spawn, rank, progress, steps, entered, since, code, depth, flags, left_at) = (
+    (magic, pid, spawn, rank, progress, steps, entered, since, code, depth, left_at, flags) = (
         fields[:12]
     )
     (phase_code, phase_since, phase_deadline, activity, forwards, raw_name) = fields[12:]
@@ -341,8 +342,8 @@ class RankRecord:
             self.set_flags(flags)
 
     def set_flags(self, flags: int) -> None:
-        current = _FLAGS.unpack_from(self._map, 72)[0]
-        _FLAGS.pack_into(self._map, 72, current | flags)
+        current = _FLAGS.unpack_from(self._map, 80)[0]
+        _FLAGS.pack_into(self._map, 80, current | flags)
 
     def progress(self) -> None:
         """Count one progress event (an optimizer step, a beat) at the current time."""
@@ -380,15 +381,14 @@ class RankRecord:
             self._depth = max(0, self._depth - 1)
             return
         self._depth = 0
-        _DEPTH.pack_into(self._map, 64, 0)
-        _LEFT_AT.pack_into(self._map, 80, time.time())
+        _LEFT.pack_into(self._map, 64, 0, time.time())
 
     def set_phase(self, phase: str, since: float, deadline: float, name: str = "") -> None:
         """Note the phase the rank is in now (``training`` ends any other)."""
         code = _PHASE_CODES.get(phase, _PHASE_CODES["named"])
         if code == 0:
             # Leaving a phase is a sign of life, as leaving a collective is.
-            _LEFT_AT.pack_into(self._map, 80, time.time())
+            _LEFT_AT.pack_into(self._map, 72, time.time())
             _PHASE.pack_into(self._map, 88, 0, 0.0, 0.0, 0.0)
             return
         if code == _PHASE_CODES["named"]:
