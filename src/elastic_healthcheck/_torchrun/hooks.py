@@ -219,10 +219,11 @@ class Hooks:
             return
         record, training = self.record, self._thread
         get_ident = threading.get_ident
+        done: weakref.WeakSet[object] = weakref.WeakSet()  # rebuilt: no broadcast again
 
         @functools.wraps(original)
         def rebuild_buckets(reducer: object, *args: Any, **kwargs: Any) -> Any:
-            if get_ident() != training:
+            if reducer in done or get_ident() != training:
                 return original(reducer, *args, **kwargs)
             record.wait("rebuild_buckets")
             try:
@@ -231,6 +232,10 @@ class Hooks:
                 record.leave()
             if rebuilt:
                 record.issue()
+                try:
+                    done.add(reducer)
+                except TypeError:  # a reducer without weak references: noted each time
+                    pass
             return rebuilt
 
         _replace(reducer_class, "_rebuild_buckets", rebuild_buckets)
@@ -240,8 +245,8 @@ class Hooks:
     def ddp(self, ddp_class: type, engine: Any) -> None:
         """See a rank wait in DDP's gradient all-reduce, which runs and waits in C++.
 
-        On a DDP model's first forward, a post-accumulate-grad hook goes on (up to
-        :data:`_DDP_WATCHED` of) its parameters. In a backward that synchronizes gradients,
+        On a DDP model's first forward, a post-accumulate-grad hook goes on a few of its
+        parameters (:data:`_DDP_WATCHED`). In a backward that synchronizes gradients,
         the first of them to fire queues a callback, which the autograd engine runs once
         every gradient is computed, before DDP's reducer (whose own callback is queued
         when its last bucket is ready, later) waits for the all-reduces; that callback
@@ -398,10 +403,11 @@ class Hooks:
         return noted
 
 
-# Parameters of a DDP model watched for its gradients: all of a small model, an even
-# spread of a large one (the first to get its gradient arms the wait; with
-# find_unused_parameters, one of many is used).
-_DDP_WATCHED = 64
+# Parameters of a DDP model watched for their gradients, spread over the model, the last
+# (usually the first to get its gradient) among them. The first to fire arms the wait;
+# with find_unused_parameters one of several is likely used. Each costs a Python call
+# per backward.
+_DDP_WATCHED = 4
 
 
 class _DDPSync:

@@ -47,19 +47,7 @@ def loading_data(seconds):
     time.sleep(seconds)
 
 
-# torch 2.13's agent keeps one store across worker-group restarts while init_process_group
-# assumes a new one per attempt, so a restarted gloo group can read the previous attempt's
-# addresses (plain torchrun then hangs in init_process_group; measured). A prefix per
-# attempt keeps each attempt's keys apart.
-store = dist.TCPStore(
-    os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, use_libuv=True
-)
-dist.init_process_group(
-    "gloo",
-    store=dist.PrefixStore(f"attempt-{attempt}", store),
-    rank=int(os.environ["RANK"]),
-    world_size=int(os.environ["WORLD_SIZE"]),
-)
+dist.init_process_group("gloo")  # env://, as users write it
 torch.manual_seed(0)
 model = torch.nn.Linear(8, 1)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
