@@ -74,6 +74,7 @@ class HTTPState(StateEnum):
     IDLE = "idle"  # reading a request head (or none yet)
     WAITING = "waiting"  # a request waits for its verdict or text
     HALF_CLOSED = "half-closed"  # waiting, and the client sent its last byte
+    DRAINING = "draining"  # the client sent its last byte: answer what it sent, then close
     CLOSED = "closed"  # the last answer is written; nothing more is read
 
 
@@ -92,14 +93,21 @@ TRANSITIONS: dict[tuple[HTTPState, HTTPEvent], HTTPState] = {
     (S.IDLE, E.REQUEST): S.WAITING,
     (S.IDLE, E.KEEP): S.IDLE,  # 404, 405, OPTIONS: answered at once
     (S.IDLE, E.CLOSE): S.CLOSED,  # a bad request, a timeout, "Connection: close"
-    (S.IDLE, E.EOF): S.CLOSED,
+    # Every request a client sent before its end of input is answered, in order (RFC 9112
+    # section 9.6): `printf 'GET ...GET ...' | nc -N` gets both answers.
+    (S.IDLE, E.EOF): S.DRAINING,
     (S.IDLE, E.LOST): S.CLOSED,
     (S.WAITING, E.KEEP): S.IDLE,
     (S.WAITING, E.CLOSE): S.CLOSED,
     (S.WAITING, E.EOF): S.HALF_CLOSED,  # `printf ... | nc -N`: still owed an answer
     (S.WAITING, E.LOST): S.CLOSED,
+    (S.HALF_CLOSED, E.KEEP): S.DRAINING,  # answered; a pipelined request may follow
     (S.HALF_CLOSED, E.CLOSE): S.CLOSED,
     (S.HALF_CLOSED, E.LOST): S.CLOSED,
+    (S.DRAINING, E.REQUEST): S.HALF_CLOSED,
+    (S.DRAINING, E.KEEP): S.DRAINING,
+    (S.DRAINING, E.CLOSE): S.CLOSED,  # all answered
+    (S.DRAINING, E.LOST): S.CLOSED,
     (S.CLOSED, E.LOST): S.CLOSED,
 }
 del S, E
@@ -209,12 +217,14 @@ class HTTPProtocol(BaseProtocol):
             self._process()
 
     def eof_received(self) -> bool:
-        if self._machine.state is HTTPState.WAITING:
+        state = self._machine.state
+        if state is HTTPState.WAITING:
             self._machine.fire(HTTPEvent.EOF)
-            return True  # answer, then close
-        if self._machine.state is HTTPState.IDLE:
+            return True  # answer (and what follows it), then close
+        if state is HTTPState.IDLE:
             self._machine.fire(HTTPEvent.EOF)
-        return False
+            self._process()  # requests held back while the client did not read
+        return self._machine.state is not HTTPState.CLOSED
 
     def timeout(self) -> None:
         if self.transport.get_write_buffer_size():
@@ -236,7 +246,7 @@ class HTTPProtocol(BaseProtocol):
         request = self._request
         assert request is not None
         head_only = request.method == "HEAD"
-        keep = request.keep_alive and self._machine.state is not HTTPState.HALF_CLOSED
+        keep = self._keeps(request)
         connection = _connection_field(request, keep)
         if self._route is Route.METRICS:
             body = render_metrics(status, self._responses.probes())
@@ -251,7 +261,7 @@ class HTTPProtocol(BaseProtocol):
     def text_received(self, text: str | None, error: str | None) -> None:
         request = self._request
         assert request is not None
-        keep = request.keep_alive and self._machine.state is not HTTPState.HALF_CLOSED
+        keep = self._keeps(request)
         if error is not None:
             code, body = HTTPStatus.SERVICE_UNAVAILABLE, (error + "\n").encode("utf-8")
         elif text is None:
@@ -272,7 +282,7 @@ class HTTPProtocol(BaseProtocol):
         self._processing = True
         try:
             while (
-                self._machine.state is HTTPState.IDLE
+                (self._machine.state is HTTPState.IDLE or self._machine.state is HTTPState.DRAINING)
                 and self._buf
                 and not self.transport.get_write_buffer_size()
                 and self._next_request()
@@ -280,6 +290,14 @@ class HTTPProtocol(BaseProtocol):
                 pass
         finally:
             self._processing = False
+        if self._machine.state is HTTPState.DRAINING and not (
+            self._buf and self.transport.get_write_buffer_size()
+        ):
+            # Everything the client sent is answered (what is left cannot become a
+            # request now), unless an answer waits for the client to read.
+            self._machine.fire(HTTPEvent.CLOSE)
+            self.transport.close()
+            return
         if self._paused and len(self._buf) <= MAX_BUFFERED_INPUT // 2:
             self._paused = False
             self.transport.resume_reading()
@@ -330,7 +348,8 @@ class HTTPProtocol(BaseProtocol):
                 self._services.request_text(self, path[len(DEBUG_PREFIX) :])
             else:
                 self._services.request_status(self)  # often answered at once, from here
-            if self._machine.state is not HTTPState.IDLE:
+            state = self._machine.state
+            if state is HTTPState.WAITING or state is HTTPState.HALF_CLOSED:
                 self.transport.set_timeout(None)  # the wait has its own deadline
         elif method == "OPTIONS":
             if route is not None or path == "*":
@@ -347,15 +366,21 @@ class HTTPProtocol(BaseProtocol):
         self, request: Request, status: HTTPStatus, body: bytes | None = None, extra: str = ""
     ) -> None:
         """A response that needs no verdict (404, 405, OPTIONS); the connection lives on."""
+        keep = self._keeps(request)
         response = self._responses.build(
-            status,
-            body,
-            TEXT,
-            request.method == "HEAD",
-            _connection_field(request, request.keep_alive),
-            extra,
+            status, body, TEXT, request.method == "HEAD", _connection_field(request, keep), extra
         )
-        self._answer(response, request.keep_alive)
+        self._answer(response, keep)
+
+    def _keeps(self, request: Request) -> bool:
+        """Whether the connection lives on after this answer: the client asked for it and,
+        after its end of input, another complete request is waiting to be answered."""
+        if not request.keep_alive:
+            return False
+        state = self._machine.state
+        if state is not HTTPState.HALF_CLOSED and state is not HTTPState.DRAINING:
+            return True
+        return find_head_end(self._buf.lstrip(b"\r\n"))[0] >= 0
 
     def _answer(self, response: bytes, keep: bool) -> None:
         # The event first: a write that finds the client gone ends in connection_lost(),
