@@ -23,6 +23,7 @@ from .wire import (
     HTTPError,
     Request,
     build_response,
+    connection_field,
     early_error,
     find_head_end,
     http_date,
@@ -49,7 +50,6 @@ TEXT = "text/plain; charset=utf-8"
 # half of it is answered, and TCP flow control holds the rest on the client's side:
 # bounded memory per connection, and nothing lost.
 MAX_BUFFERED_INPUT = 64 * 1024
-
 
 # Distinct request heads remembered parsed (a Request is never changed once made).
 PARSED_CACHE = 256
@@ -111,6 +111,7 @@ TRANSITIONS: dict[tuple[HTTPState, HTTPEvent], HTTPState] = {
     (S.CLOSED, E.LOST): S.CLOSED,
 }
 del S, E
+_TAKING = {HTTPState.IDLE, HTTPState.DRAINING}  # states in which a buffered request is taken
 
 
 class HTTPResponses:
@@ -131,8 +132,7 @@ class HTTPResponses:
         # Request heads already parsed: a prober sends the same bytes every time.
         self.parsed: dict[bytes, Request] = {}
         self._date: tuple[int, str] = (0, "")
-        # The /healthz responses for the current verdict in the current second (replaced
-        # whole, never mutated in place).
+        # /healthz responses of the current verdict and second (replaced whole, never mutated).
         self._rendered: tuple[HealthStatus | None, int, dict[tuple[bool, str | None], bytes]]
         self._rendered = (None, 0, {})
 
@@ -247,7 +247,7 @@ class HTTPProtocol(BaseProtocol):
         assert request is not None
         head_only = request.method == "HEAD"
         keep = self._keeps(request)
-        connection = _connection_field(request, keep)
+        connection = connection_field(request, keep)
         if self._route is Route.METRICS:
             body = render_metrics(status, self._responses.probes())
             response = self._responses.build(
@@ -269,7 +269,7 @@ class HTTPProtocol(BaseProtocol):
         else:
             code, body = HTTPStatus.OK, text.encode("utf-8", errors="replace")
         response = self._responses.build(
-            code, body, TEXT, request.method == "HEAD", _connection_field(request, keep)
+            code, body, TEXT, request.method == "HEAD", connection_field(request, keep)
         )
         self._answer(response, keep)
 
@@ -282,7 +282,7 @@ class HTTPProtocol(BaseProtocol):
         self._processing = True
         try:
             while (
-                (self._machine.state is HTTPState.IDLE or self._machine.state is HTTPState.DRAINING)
+                self._machine.state in _TAKING
                 and self._buf
                 and not self.transport.get_write_buffer_size()
                 and self._next_request()
@@ -292,9 +292,7 @@ class HTTPProtocol(BaseProtocol):
             self._processing = False
         if self._machine.state is HTTPState.DRAINING and not (
             self._buf and self.transport.get_write_buffer_size()
-        ):
-            # Everything the client sent is answered (what is left cannot become a
-            # request now), unless an answer waits for the client to read.
+        ):  # all answered (what is left cannot become a request now), or being sent
             self._machine.fire(HTTPEvent.CLOSE)
             self.transport.close()
             return
@@ -368,13 +366,12 @@ class HTTPProtocol(BaseProtocol):
         """A response that needs no verdict (404, 405, OPTIONS); the connection lives on."""
         keep = self._keeps(request)
         response = self._responses.build(
-            status, body, TEXT, request.method == "HEAD", _connection_field(request, keep), extra
+            status, body, TEXT, request.method == "HEAD", connection_field(request, keep), extra
         )
         self._answer(response, keep)
 
     def _keeps(self, request: Request) -> bool:
-        """Whether the connection lives on after this answer: the client asked for it and,
-        after its end of input, another complete request is waiting to be answered."""
+        """The client asks to keep the connection and, after its end of input, sent more."""
         if not request.keep_alive:
             return False
         state = self._machine.state
@@ -400,9 +397,3 @@ class HTTPProtocol(BaseProtocol):
         self._machine.fire(HTTPEvent.CLOSE)
         self.transport.write(self._responses.build(status, None))
         self.transport.close(linger=True)  # the rest of a bad request may be on its way
-
-
-def _connection_field(request: Request, keep: bool) -> str | None:
-    if not keep:
-        return "close"
-    return "keep-alive" if request.minor == 0 else None
