@@ -272,3 +272,39 @@ def test_protocol_timeout_hook_that_raises_closes_that_client_only(eh_caplog):
         assert len(tracebacks) == 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("hook", ["_observe", "data_received"])
+def test_a_hook_raising_system_exit_stops_the_server_and_says_so(hook, eh_caplog):
+    """SystemExit is not an error to serve on: the server stops, refuses, and the log says
+    it stopped and why (not that serving goes on)."""
+
+    class Exiting(HTTPHealthCheckServer):
+        def _observe(self, status: HealthStatus) -> None:
+            if hook == "_observe":
+                raise SystemExit(3)
+            super()._observe(status)
+
+        def _make_protocol(self, services: Services) -> BaseProtocol:
+            protocol = super()._make_protocol(services)
+            if hook == "data_received":
+
+                def exiting(data: bytes) -> None:
+                    raise SystemExit(3)
+
+                protocol.data_received = exiting  # type: ignore[method-assign]
+            return protocol
+
+    server = Exiting(lambda: int(time.time()), 0, 60, host="127.0.0.1")
+    server.start()
+    try:
+        port = server.port
+        assert control_probe("http", port) in ("answered ", "refused")
+        wait_for(lambda: not server.is_running, timeout=CONTROL_TIMEOUT)
+        assert control_probe("http", port) == "refused"
+        messages = [r.getMessage() for r in eh_caplog.records if r.levelno >= logging.ERROR]
+        assert not [m for m in messages if "serving goes on" in m], messages
+        stopped = [m for m in messages if "stopped" in m and "SystemExit" in m]
+        assert len(stopped) == 1, messages
+    finally:
+        server.stop()

@@ -228,6 +228,8 @@ class Loop:
         finally:
             self._selecting = False
         for key, events in ready:
+            if self.stopping:
+                return ok  # stop() from a step of this turn: the rest is for nobody
             handler = key.data
             if handler is None:
                 self._drain_waker()
@@ -238,6 +240,8 @@ class Loop:
                 report(exc, "I/O handler")
                 ok = False
         for _ in range(len(self._ready)):
+            if self.stopping:
+                return ok
             callback = self._ready.popleft()
             try:
                 callback()

@@ -166,6 +166,12 @@ class SocketTransport:
         # so that no reference cycle is left for the collector (see __call__).
         self.protocol = _GONE
 
+    def shed_order(self) -> int | None:
+        """How readily this connection may be closed to make room (see the protocol's)."""
+        if self.closed or self._closing or self._outbuf:
+            return None  # an answer is being sent
+        return self.protocol.shed_order()
+
     def forget(self) -> None:
         """Close the socket, touching nothing else: the loop is over (stop, or a fork)."""
         self.closed = True

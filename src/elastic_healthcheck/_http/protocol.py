@@ -111,7 +111,6 @@ TRANSITIONS: dict[tuple[HTTPState, HTTPEvent], HTTPState] = {
     (S.CLOSED, E.LOST): S.CLOSED,
 }
 del S, E
-_TAKING = {HTTPState.IDLE, HTTPState.DRAINING}  # states in which a buffered request is taken
 
 
 class HTTPResponses:
@@ -239,14 +238,16 @@ class HTTPProtocol(BaseProtocol):
     def resume_writing(self) -> None:
         self._process()
 
+    def shed_order(self) -> int | None:  # idle, a request arriving, or an answer owed
+        return (1 if self._buf else 0) if self._machine.state is HTTPState.IDLE else None
+
     def connection_lost(self) -> None:
         self._machine.fire(HTTPEvent.LOST)
 
     def status_received(self, status: HealthStatus) -> None:
         request = self._request
         assert request is not None
-        head_only = request.method == "HEAD"
-        keep = self._keeps(request)
+        head_only, keep = request.method == "HEAD", self._keeps(request)
         connection = connection_field(request, keep)
         if self._route is Route.METRICS:
             body = render_metrics(status, self._responses.probes())
@@ -277,12 +278,12 @@ class HTTPProtocol(BaseProtocol):
 
     def _process(self) -> None:
         """Answer what is buffered, one request after another (a loop, never recursion)."""
-        if self._processing:
-            return  # an answer given from inside this loop: the loop goes on
+        if self._processing:  # an answer given from inside this loop: the loop goes on
+            return
         self._processing = True
         try:
             while (
-                self._machine.state in _TAKING
+                self._machine.state in (HTTPState.IDLE, HTTPState.DRAINING)
                 and self._buf
                 and not self.transport.get_write_buffer_size()
                 and self._next_request()
