@@ -174,8 +174,8 @@ def test_agent_check_sees_a_dead_agent_within_one_interval_and_a_refusing_one_ne
     last["progress"] = time.time() - 600
     deadline = time.monotonic() + 1.0  # five agent intervals
     while time.monotonic() < deadline:
-        row = _stat(sock_path)
-        assert row is not None and row["status"] == "UP", row  # kept: never heard "down"
+        now = _stat(sock_path)
+        assert now is not None and now["status"] == "UP", now  # kept: never heard "down"
         time.sleep(0.05)
     with pytest.raises(ValueError, match="agent_check=True and refuse_while_dead=True"):
         TCPHealthCheckServer(lambda: 0, 0, 60, agent_check=True, refuse_while_dead=True)

@@ -20,6 +20,7 @@ import pytest
 
 import elastic_healthcheck
 from elastic_healthcheck import HTTPHealthCheckServer
+from elastic_healthcheck._engine.server import SocketHealthCheckServer
 from elastic_healthcheck.status import Verdict
 
 from .client import NOW_CALLBACK, read_until_closed, request
@@ -301,7 +302,7 @@ def test_stop_from_the_callback_frees_the_port_before_any_client_sees_it(kind, f
     sees its connection closed, the port is free for a new server."""
     port = 0
     for _ in range(50):
-        stopped, made = threading.Event(), []
+        stopped, made = threading.Event(), list[SocketHealthCheckServer]()
 
         def stopping_callback(made=made, stopped=stopped) -> int:
             made[0].stop()

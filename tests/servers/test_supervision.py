@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from elastic_healthcheck import HTTPHealthCheckServer, TCPHealthCheckServer
+from elastic_healthcheck._engine import loop
 from elastic_healthcheck._engine.protocol import BaseProtocol, Services
 from elastic_healthcheck._http.protocol import HTTPProtocol
 from elastic_healthcheck.status import HealthStatus, Verdict
@@ -308,3 +309,37 @@ def test_a_hook_raising_system_exit_stops_the_server_and_says_so(hook, eh_caplog
         assert len(stopped) == 1, messages
     finally:
         server.stop()
+
+
+def test_a_repeating_hook_error_is_logged_once_with_its_traceback_then_counted(
+    eh_caplog, monkeypatch
+):
+    """A protocol hook that raises on every request: one traceback, then a count at
+    intervals (REPEAT_INTERVAL, shortened here), never a traceback per request."""
+    monkeypatch.setattr(loop, "REPEAT_INTERVAL", 0.3)
+
+    class Raising(HTTPHealthCheckServer):
+        def _make_protocol(self, services: Services) -> BaseProtocol:
+            protocol = super()._make_protocol(services)
+
+            def boom(data: bytes) -> None:
+                raise Boom("every request")
+
+            protocol.data_received = boom  # type: ignore[method-assign]
+            return protocol
+
+    server = Raising(lambda: int(time.time()), 0, 60, host="127.0.0.1")
+    server.start()
+    try:
+        for _ in range(50):
+            assert control_probe("http", server.port) == "answered "  # closed, unanswered
+        start = time.monotonic()
+        wait_for(lambda: time.monotonic() > start + 0.3)  # the interval passes
+        assert control_probe("http", server.port) == "answered "  # after the interval
+    finally:
+        server.stop()
+    ours = [r for r in eh_caplog.records if "every request" in str(r.exc_info and r.exc_info[1])]
+    assert len(ours) == 1  # the traceback, once
+    counts = [r.getMessage() for r in eh_caplog.records if "more times" in r.getMessage()]
+    assert counts and "Boom" in counts[0], [r.getMessage() for r in eh_caplog.records]
+    assert sum(int(m.split(" more times")[0].rsplit(" ", 1)[1]) for m in counts) == 50

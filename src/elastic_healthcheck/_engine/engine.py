@@ -32,7 +32,7 @@ from .accepting import (
 )
 from .evaluator import JOIN_TIMEOUT, Evaluator
 from .listeners import Listeners, display, record
-from .loop import Loop, report, safe_log
+from .loop import Loop, Repeats, safe_log
 from .protocol import BaseProtocol, Services
 from .transport import SocketTransport
 from .verdicts import Verdicts
@@ -150,6 +150,7 @@ class Engine:
 
     def forget_in_child(self) -> None:
         """In a forked child: close our copies of the connections; the parent serves them."""
+        self.loop.repeats = Repeats()  # the parent's errors: the parent logs them
         for transport in list(self.transports):
             transport.forget()
         self.transports.clear()
@@ -163,7 +164,7 @@ class Engine:
             try:
                 on_start()
             except Exception as exc:
-                report(exc, "_on_start")
+                self.loop.report(exc, "_on_start")
             self.loop.run()
         except BaseException as exc:  # a hook raised SystemExit, say: refuse, never hang
             self.loop.failed = True
@@ -235,7 +236,7 @@ class Engine:
             protocol = self._make_protocol(self.verdicts)
         except Exception as exc:
             sock.close()  # this client is not served; the next one may be
-            report(exc, "_make_protocol")
+            self.loop.report(exc, "_make_protocol")
             return
         transport = SocketTransport(self.loop, sock, protocol, self._client_timeout, self._closed)
         self.transports[transport] = None

@@ -14,18 +14,19 @@ input cannot turn our close into a reset that destroys the answer (RFC 9112 sect
 
 from __future__ import annotations
 
-import logging
 import selectors
 import socket
 from collections.abc import Callable
 
 from ..logging import get_logger
-from .loop import Loop, safe_log
+from .loop import Loop
 from .protocol import BaseProtocol
 
 log = get_logger(__name__)
 
 __all__ = ["LINGER_TIMEOUT", "RECV_SIZE", "SocketTransport"]
+
+CLIENT_ERROR = "Error serving a health check client (%s); closing its connection"
 
 # Seconds to keep reading (and discarding) after a graceful half-close before closing.
 LINGER_TIMEOUT = 2.0
@@ -104,12 +105,7 @@ class SocketTransport:
             method(*args)
         except Exception as exc:
             # Nothing a client sends may kill the loop: drop that client, keep serving.
-            safe_log(
-                logging.ERROR,
-                "Error serving a health check client; closing its connection",
-                exc_info=exc,
-                logger=log,
-            )
+            self._loop.report(exc, getattr(method, "__name__", "step"), CLIENT_ERROR)
             self.abort()
 
     # -- the Transport interface, for the protocol ----------------------------------------
@@ -209,12 +205,7 @@ class SocketTransport:
             if events & _READ and not self.closed:
                 self._read()
         except Exception as exc:  # as step(), inlined: this is every request's path
-            safe_log(
-                logging.ERROR,
-                "Error serving a health check client; closing its connection",
-                exc_info=exc,
-                logger=log,
-            )
+            self._loop.report(exc, "I/O", CLIENT_ERROR)
             self.abort()
 
     def _read(self) -> None:
