@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from elastic_healthcheck import TCPHealthCheckServer
+
 # HAProxy checks every 100 ms and acts on one result (docs/deploy.md uses its defaults).
 CHECKS = "check inter 100ms fall 1 rise 1"
 CONFIGS = {
@@ -142,3 +144,38 @@ def test_probe_reads_both_tcp_line_styles(agent_check, age, verdict, tcp_factory
     (result,) = probe([parse_target(f"tcp://127.0.0.1:{server.port}")], timeout=5)
     assert result.verdict == verdict
     assert result.age is not None and result.age >= age
+
+
+def test_agent_check_sees_a_dead_agent_within_one_interval_and_a_refusing_one_never(
+    haproxy, tcp_factory
+):
+    """The layout of docs/deploy.md: HAProxy checks the service's own port and asks our
+    agent port for up/down. A dead agent is DOWN within one agent interval; an agent port
+    that refuses is not heard at all (HAProxy keeps the last agent state), which is why
+    agent_check=True with refuse_while_dead=True is refused at construction."""
+    service = tcp_factory()  # stands in for the real service: always answers
+    service.start()
+    last = {"progress": time.time()}
+    agent = tcp_factory(lambda: last["progress"], timeout=60, agent_check=True)
+    agent.start()
+    sock_path = haproxy(
+        f"server s1 127.0.0.1:{service.port} check inter 100ms fall 1 rise 1 "
+        f"agent-check agent-port {agent.port} agent-inter 200ms"
+    )
+    _wait_for(sock_path, lambda status: status == "UP")
+    last["progress"] = time.time() - 600
+    dead_at = time.monotonic()
+    row = _wait_for(sock_path, lambda status: status.startswith("DOWN"))
+    assert time.monotonic() - dead_at < 5.0  # one 200 ms interval, and a loaded machine
+    assert row["last_agt"].startswith("via agent : down (dead age=")
+    last["progress"] = time.time()
+    _wait_for(sock_path, lambda status: status == "UP")
+    agent.stop()  # the agent port now refuses, as refusing while dead would
+    last["progress"] = time.time() - 600
+    deadline = time.monotonic() + 1.0  # five agent intervals
+    while time.monotonic() < deadline:
+        now = _stat(sock_path)
+        assert now is not None and now["status"] == "UP", now  # kept: never heard "down"
+        time.sleep(0.05)
+    with pytest.raises(ValueError, match="agent_check=True and refuse_while_dead=True"):
+        TCPHealthCheckServer(lambda: 0, 0, 60, agent_check=True, refuse_while_dead=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .client import Response, ResponseReader, exchange, read_response, request
+from .client import NOW_CALLBACK, Response, ResponseReader, exchange, read_response, request
 from .conftest import connect, wait_for
 
 REQUIRED_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
@@ -165,6 +165,33 @@ def test_pipelined_requests_are_answered_in_order(server):
         assert last.header("connection") == "close"
         assert sock.recv(1) == b""
     assert statuses == [200, 404, 200, 200]
+
+
+def _five_ms_callback() -> int:
+    time.sleep(0.005)  # the callback's own work: the answer comes after the end of input
+    return int(time.time())
+
+
+@pytest.mark.parametrize("callback", ["instant", "5 ms"])
+def test_pipelined_requests_then_half_close_are_all_answered_in_order(server_factory, callback):
+    """Requests sent before a half-close (``shutdown(SHUT_WR)``) are each answered, in
+    order, and then the server closes."""
+    server = server_factory(_five_ms_callback if callback == "5 ms" else NOW_CALLBACK)
+    server.start()
+    for _ in range(20):
+        with connect(server.port) as sock:
+            sock.sendall(
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            sock.shutdown(socket.SHUT_WR)
+            reader = ResponseReader(sock)
+            responses = [reader.read() for _ in range(3)]
+            assert sock.recv(1) == b"" and reader.buffer == b""
+        assert [r.status for r in responses] == [200, 404, 200]
+        # "close" on the last when the end of input came before it was answered.
+        assert [r.header("connection") for r in responses][:2] == [None, None]
 
 
 def test_http10_closes_after_the_response(server):

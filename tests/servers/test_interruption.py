@@ -7,9 +7,11 @@ the other holds the thread there while another thread forks.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -172,3 +174,135 @@ def test_fork_at_any_line_never_deadlocks_nor_holds_the_port(server_factory, ope
             continue
         assert os.WIFEXITED(status), f"line {index}: child ended by signal {status & 0x7F}"
         assert os.WEXITSTATUS(status) == 10, f"line {index}: child exit {os.WEXITSTATUS(status)}"
+
+
+# Interrupts start() at every line and every call the caller's thread runs, the standard
+# library's included (where a real signal handler's exception can land too: inside
+# Thread.start() or socket.socketpair(), say), then counts what is left. In a process of
+# its own: a half-made standard-library object may warn as it is collected.
+INTERRUPTED_STARTS = """
+import gc, json, os, sys, threading, time
+from elastic_healthcheck import {cls}
+
+def fds():
+    gc.collect()
+    return sorted(os.listdir("/proc/self/fd"))
+
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+def make():
+    return {cls}(lambda: int(time.time()), 0, 60, host="127.0.0.1")
+
+warm = make()
+warm.start()
+warm.stop()
+threads, open_fds, task_count = threading.enumerate(), fds(), tasks()
+events = [0]
+
+def counting(frame, event, arg):
+    events[0] += 1
+    return counting
+
+sys.settrace(counting)
+warm.start()
+sys.settrace(None)
+warm.stop()
+leaks, interrupted = [], 0
+for index in range(events[0]):
+    seen = [0]
+
+    def tracer(frame, event, arg):
+        seen[0] += 1
+        if seen[0] - 1 == index:
+            raise KeyboardInterrupt(index)
+        return tracer
+
+    server = make()
+    try:
+        sys.settrace(tracer)
+        try:
+            server.start()
+        finally:
+            sys.settrace(None)
+    except BaseException:  # KeyboardInterrupt, or what the interrupted code turned it into
+        interrupted += 1
+    server.stop()
+    del server
+    deadline = time.monotonic() + 2.0
+    while tasks() != task_count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    left = [t.name for t in threading.enumerate() if t not in threads]
+    if left or tasks() != task_count or fds() != open_fds:
+        leaks.append({{"at": index, "threads": left, "tasks": tasks() - task_count,
+                       "fds": len(fds()) - len(open_fds)}})
+        threads, open_fds, task_count = threading.enumerate(), fds(), tasks()
+print(json.dumps({{"events": events[0], "interrupted": interrupted, "leaks": leaks}}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/fd and /proc/self/task")
+@pytest.mark.parametrize("cls", ["HTTPHealthCheckServer", "TCPHealthCheckServer"])
+def test_start_interrupted_anywhere_leaves_no_thread_and_no_descriptor(cls):
+    """A Ctrl-C inside start(), wherever it lands, leaves no thread (not even one
+    registered and never run) and no descriptor behind."""
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_STARTS.format(cls=cls)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["interrupted"] > 100, result
+    assert result["leaks"] == [], result
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork()")
+def test_forks_while_another_thread_restarts_the_server_never_hold_the_listener(kind, factory):
+    """fork() at any moment of a restart on another thread (a socket being made or closed
+    included): no child holds the listening socket, so every restart in the parent binds
+    its port, and once stopped nobody listens there."""
+    first = factory()
+    first.start()
+    port = first.port
+    first.stop()
+    server = factory(port=port)  # restarted on one port, as torch's agent does
+    done, errors = threading.Event(), []
+
+    def restart() -> None:
+        while not done.is_set():
+            try:
+                server.start()
+            except OSError as exc:  # EADDRINUSE: a child holds the port
+                errors.append(exc)
+            server.stop()
+
+    restarter = threading.Thread(target=restart)
+    children = []
+    release_r, release_w = os.pipe()
+    restarter.start()
+    try:
+        for _ in range(100):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+                pid = os.fork()
+            if pid == 0:  # the child keeps whatever it got until the parent is done
+                os.close(release_w)
+                os.read(release_r, 1)
+                os._exit(0)
+            children.append(pid)
+            time.sleep(0.002)  # let the restarts go on between forks
+    finally:
+        done.set()
+        restarter.join(10)
+        try:
+            assert errors == []
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        finally:
+            os.close(release_w)
+            os.close(release_r)
+            for pid in children:
+                os.waitpid(pid, 0)

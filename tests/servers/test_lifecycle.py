@@ -3,7 +3,9 @@ port, signals, fork. Tests that take `factory` run once per kind (see conftest.p
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import socket
 import statistics
@@ -18,6 +20,7 @@ import pytest
 
 import elastic_healthcheck
 from elastic_healthcheck import HTTPHealthCheckServer
+from elastic_healthcheck._engine.server import SocketHealthCheckServer
 from elastic_healthcheck.status import Verdict
 
 from .client import NOW_CALLBACK, read_until_closed, request
@@ -292,3 +295,51 @@ def test_probe_counts_survive_a_restart(kind, factory):
     server.start()
     assert answers_alive(kind, server.port)
     assert server._probes[Verdict.ALIVE] == 2
+
+
+def test_stop_from_the_callback_frees_the_port_before_any_client_sees_it(kind, factory):
+    """stop() called by the callback itself (the evaluator thread): by the time a client
+    sees its connection closed, the port is free for a new server."""
+    port = 0
+    for _ in range(50):
+        stopped, made = threading.Event(), list[SocketHealthCheckServer]()
+
+        def stopping_callback(made=made, stopped=stopped) -> int:
+            made[0].stop()
+            stopped.set()
+            return int(time.time())
+
+        server = factory(stopping_callback, port=port, callback_timeout=5.0)
+        made.append(server)
+        server.start()
+        port = server.port
+        with connect(port) as sock:
+            if kind == "http":
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_until_closed(sock) == b""  # closed by stop(), unanswered
+        again = factory(port=port)
+        again.start()  # raises OSError (EADDRINUSE) if the port was still held
+        again.stop()
+        assert stopped.wait(5)
+
+
+def test_stop_from_a_hook_on_the_io_thread_frees_the_port(kind, factory, eh_caplog):
+    returned = threading.Event()
+
+    def observe(status: object) -> None:
+        server.stop()  # on the I/O thread: no join of itself, and the port is freed
+        returned.set()
+
+    server = factory()
+    server._observe = observe  # every verdict passes here, on the I/O thread
+    server.start()
+    port = server.port
+    answers = []
+    with contextlib.suppress(ConnectionError, OSError):
+        answers.append(answers_alive(kind, port, timeout=2))
+    assert returned.wait(5)
+    assert not server.is_running
+    again = factory(port=port)
+    again.start()
+    assert answers_alive(kind, port)
+    assert not [r.getMessage() for r in eh_caplog.records if r.levelno >= logging.WARNING]

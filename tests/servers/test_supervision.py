@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from elastic_healthcheck import HTTPHealthCheckServer, TCPHealthCheckServer
+from elastic_healthcheck._engine import loop
 from elastic_healthcheck._engine.protocol import BaseProtocol, Services
 from elastic_healthcheck._http.protocol import HTTPProtocol
 from elastic_healthcheck.status import HealthStatus, Verdict
@@ -272,3 +273,73 @@ def test_protocol_timeout_hook_that_raises_closes_that_client_only(eh_caplog):
         assert len(tracebacks) == 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("hook", ["_observe", "data_received"])
+def test_a_hook_raising_system_exit_stops_the_server_and_says_so(hook, eh_caplog):
+    """SystemExit is not an error to serve on: the server stops, refuses, and the log says
+    it stopped and why (not that serving goes on)."""
+
+    class Exiting(HTTPHealthCheckServer):
+        def _observe(self, status: HealthStatus) -> None:
+            if hook == "_observe":
+                raise SystemExit(3)
+            super()._observe(status)
+
+        def _make_protocol(self, services: Services) -> BaseProtocol:
+            protocol = super()._make_protocol(services)
+            if hook == "data_received":
+
+                def exiting(data: bytes) -> None:
+                    raise SystemExit(3)
+
+                protocol.data_received = exiting  # type: ignore[method-assign]
+            return protocol
+
+    server = Exiting(lambda: int(time.time()), 0, 60, host="127.0.0.1")
+    server.start()
+    try:
+        port = server.port
+        assert control_probe("http", port) in ("answered ", "refused")
+        wait_for(lambda: not server.is_running, timeout=CONTROL_TIMEOUT)
+        assert control_probe("http", port) == "refused"
+        messages = [r.getMessage() for r in eh_caplog.records if r.levelno >= logging.ERROR]
+        assert not [m for m in messages if "serving goes on" in m], messages
+        stopped = [m for m in messages if "stopped" in m and "SystemExit" in m]
+        assert len(stopped) == 1, messages
+    finally:
+        server.stop()
+
+
+def test_a_repeating_hook_error_is_logged_once_with_its_traceback_then_counted(
+    eh_caplog, monkeypatch
+):
+    """A protocol hook that raises on every request: one traceback, then a count at
+    intervals (REPEAT_INTERVAL, shortened here), never a traceback per request."""
+    monkeypatch.setattr(loop, "REPEAT_INTERVAL", 0.3)
+
+    class Raising(HTTPHealthCheckServer):
+        def _make_protocol(self, services: Services) -> BaseProtocol:
+            protocol = super()._make_protocol(services)
+
+            def boom(data: bytes) -> None:
+                raise Boom("every request")
+
+            protocol.data_received = boom  # type: ignore[method-assign]
+            return protocol
+
+    server = Raising(lambda: int(time.time()), 0, 60, host="127.0.0.1")
+    server.start()
+    try:
+        for _ in range(50):
+            assert control_probe("http", server.port) == "answered "  # closed, unanswered
+        start = time.monotonic()
+        wait_for(lambda: time.monotonic() > start + 0.3)  # the interval passes
+        assert control_probe("http", server.port) == "answered "  # after the interval
+    finally:
+        server.stop()
+    ours = [r for r in eh_caplog.records if "every request" in str(r.exc_info and r.exc_info[1])]
+    assert len(ours) == 1  # the traceback, once
+    counts = [r.getMessage() for r in eh_caplog.records if "more times" in r.getMessage()]
+    assert counts and "Boom" in counts[0], [r.getMessage() for r in eh_caplog.records]
+    assert sum(int(m.split(" more times")[0].rsplit(" ", 1)[1]) for m in counts) == 50

@@ -317,6 +317,11 @@ def test_probes_are_not_logged(tcp_factory, eh_caplog):
         ({"recheck_interval": float("nan")}, ValueError, "recheck_interval"),
         ({"recheck_interval": "1"}, TypeError, "recheck_interval"),
         ({"callback_timeout": -1}, ValueError, "callback_timeout"),
+        (
+            {"agent_check": True, "refuse_while_dead": True},
+            ValueError,
+            r"^agent_check=True and refuse_while_dead=True cannot be combined: [^\n]*HAProxy",
+        ),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, error, match):

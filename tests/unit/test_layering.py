@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         ["_engine.listeners", "_engine.loop", "_engine.evaluator"],
     ),
     ("engine: transport", ["_engine.transport"]),
+    ("engine: making room for connections", ["_engine.accepting"]),
     ("engine: verdicts", ["_engine.verdicts"]),
     ("engine: a running server's parts", ["_engine.engine"]),
     ("engine: the server base", ["_engine", "_engine.server"]),

@@ -109,6 +109,11 @@ def reading(transport: FakeTransport) -> bool:
     return transport.reading
 
 
+def closed_of(transport: FakeTransport) -> object:
+    """How the transport was closed, typed loosely (no narrowing across calls)."""
+    return transport.closed
+
+
 def statuses(written: bytes) -> list[int]:
     return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", written)]
 
@@ -213,6 +218,34 @@ def test_http_half_close_while_waiting_is_still_answered_then_closed():
     assert statuses(transport.written) == [200]
     assert b"\r\nConnection: close\r\n" in transport.written
     assert state_of(protocol) is HTTPState.CLOSED and transport.closed is False
+
+
+def test_http_pipelined_requests_then_half_close_are_all_answered_then_closed():
+    protocol, transport, services = http()
+    protocol.data_received(GET + b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
+    assert protocol.eof_received() is True
+    assert state_of(protocol) is HTTPState.HALF_CLOSED
+    protocol.status_received(ALIVE)  # the 404 goes out at once, then the third waits
+    assert state_of(protocol) is HTTPState.HALF_CLOSED and transport.closed is OPEN
+    protocol.status_received(ALIVE)
+    assert statuses(transport.written) == [200, 404, 200]
+    assert transport.written.count(b"\r\nConnection: close\r\n") == 1  # on the last only
+    assert state_of(protocol) is HTTPState.CLOSED and closed_of(transport) is False
+    assert len(services.status_requests) == 2
+
+
+def test_http_requests_held_for_a_slow_reader_are_answered_after_its_end_of_input():
+    protocol, transport, services = http()
+    protocol.data_received(GET * 2)
+    transport.buffered = 1000  # the first answer is not sent yet: the second waits
+    protocol.status_received(ALIVE)
+    assert protocol.eof_received() is True
+    assert state_of(protocol) is HTTPState.DRAINING and transport.closed is OPEN
+    transport.buffered = 0
+    protocol.resume_writing()
+    protocol.status_received(ALIVE)
+    assert statuses(transport.written) == [200, 200]
+    assert state_of(protocol) is HTTPState.CLOSED and closed_of(transport) is False
 
 
 def test_http_end_of_input_between_requests_closes():

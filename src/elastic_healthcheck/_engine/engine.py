@@ -2,59 +2,45 @@
 
 An :class:`Engine` is made by ``start()`` and closed by ``stop()``; every part is recorded
 on it the moment it exists, so :meth:`Engine.close` (idempotent) releases whatever a
-start interrupted half-way had made. On the I/O thread it accepts connections, gives each
-a transport and a protocol, sheds the longest idle when full, and rides out running out
-of file descriptors: existing connections are served, accepting resumes as soon as a
-descriptor is free, and the episode is logged once.
+start interrupted half-way had made. Its threads (and the loop's waker) are made by a
+launcher thread of their own, which no signal handler can interrupt half-way. On the I/O
+thread it accepts connections, gives each a transport and a protocol, sheds the longest
+idle when full, and rides out running out of file descriptors: the longest idle
+connection (else the slowest to send its request) is closed to make room; when none can
+be, accepting pauses until a descriptor is free. The episode is logged once.
 """
 
 from __future__ import annotations
 
-import errno
+import _thread
 import functools
 import logging
 import selectors
 import socket
+import sys
 import threading
 from collections.abc import Callable
 
 from ..logging import get_logger
+from .accepting import (
+    ACCEPT_RETRY,
+    ACCEPTS_PER_TURN,
+    CONNECTION_ERRNOS,
+    RESOURCE_ERRNOS,
+    Shortage,
+    shed,
+)
 from .evaluator import JOIN_TIMEOUT, Evaluator
-from .listeners import Listeners, display
-from .loop import Loop, report, safe_log
+from .listeners import Listeners, display, record
+from .loop import Loop, Repeats, safe_log
 from .protocol import BaseProtocol, Services
 from .transport import SocketTransport
 from .verdicts import Verdicts
 
 log = get_logger(__name__)
 
-__all__ = ["ACCEPTS_PER_TURN", "ACCEPT_RETRY", "Engine"]
+__all__ = ["Engine"]
 
-# Accepts per wake-up, so a flood of connections cannot starve the ones already open.
-ACCEPTS_PER_TURN = 64
-
-# Seconds between tries to accept while out of file descriptors. A descriptor freed by
-# one of our own connections resumes accepting at once; one freed elsewhere in the
-# process is noticed within this time.
-ACCEPT_RETRY = 0.05
-
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-# Errors of one pending connection that accept() reports, to be retried as EAGAIN would be
-# (Linux accept(2), "Error handling"; EPERM: a firewall rule refused it).
-_CONNECTION_ERRNOS = {
-    getattr(errno, name)
-    for name in (
-        "EPROTO",
-        "ENOPROTOOPT",
-        "EHOSTDOWN",
-        "ENONET",
-        "EHOSTUNREACH",
-        "EOPNOTSUPP",
-        "ENETUNREACH",
-        "EPERM",
-    )
-    if hasattr(errno, name)
-}
 _ACCEPT = "accept"
 
 
@@ -89,8 +75,15 @@ class Engine:
         self._client_timeout = client_timeout
         self._max_connections = max_connections
         self._accept_paused = False
-        self._out_of_fds = False  # an episode is under way (logged once)
+        self._shortage = Shortage(kind)
         self._rebind_failing = False
+        # Whoever takes the gate first, for good: the launcher (it starts the threads) or
+        # close() (none will be started). No `with`: its exit can be interrupted.
+        self._gate = threading.Lock()
+        self._launched = _thread.allocate_lock()
+        self._launched.acquire()  # released by the launcher when it is done
+        self._launch_done = False
+        self._launch_error: BaseException | None = None
 
     @property
     def failed(self) -> bool:
@@ -98,35 +91,66 @@ class Engine:
         return self.loop.failed
 
     def start(self, port: int, on_start: Callable[[], None]) -> None:
-        """Watch the listeners, then start the evaluator and the I/O threads."""
-        self._watch_listeners()
-        self.evaluator.start(f"elastic-healthcheck-callback:{port}")
-        name = f"elastic-healthcheck-{self.kind}:{port}"
-        self.thread = threading.Thread(target=self._serve, args=(on_start,), name=name, daemon=True)
-        self.thread.start()
+        """Open the loop, watch the listeners, start the evaluator and the I/O threads.
+
+        A launcher thread does it while this one waits: a signal handler's exception
+        (Ctrl-C) can interrupt the wait, but not ``Thread.start()`` or
+        ``socket.socketpair()`` half-way, where a thread could be left registered and
+        never run, or a descriptor owned by nobody; :meth:`close` waits for a launch
+        under way, and one that has not begun never will.
+        """
+        _thread.start_new_thread(self._launch, (port, on_start))
+        self._launched.acquire()  # the launcher is done (released by it, never again)
+        if self._launch_error is not None:
+            raise self._launch_error
+
+    def _launch(self, port: int, on_start: Callable[[], None]) -> None:
+        hooks = threading.gettrace(), threading.getprofile()  # as threading's threads do
+        sys.settrace(hooks[0])
+        sys.setprofile(hooks[1])
+        if not self._gate.acquire(blocking=False):
+            self._launched.release()
+            return  # close() came first: nothing is started
+        try:
+            self.loop.open(record)
+            self._watch_listeners()
+            self.evaluator.start(f"elastic-healthcheck-callback:{port}")
+            name = f"elastic-healthcheck-{self.kind}:{port}"
+            thread = threading.Thread(target=self._serve, args=(on_start,), name=name, daemon=True)
+            self.thread = thread
+            thread.start()
+        except BaseException as exc:  # handed to start(), in the caller's thread
+            self._launch_error = exc
+        finally:
+            self._launch_done = True
+            self._launched.release()
 
     def close(self) -> None:
-        """Stop the threads and close every socket. Idempotent; safe at any point of start."""
+        """Stop the threads and close every socket. Idempotent; safe at any point of start.
+
+        The listeners are closed first, as soon as the loop is done with them: whoever
+        sees their connection closed, or stop() return, can bind the port again.
+        """
+        if not self._gate.acquire(blocking=False) and not self._launch_done:
+            self._launched.acquire(timeout=JOIN_TIMEOUT)  # a launch under way: let it finish
         self.loop.stop()
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
-            try:
-                thread.join(JOIN_TIMEOUT)
-            except RuntimeError:
-                pass  # interrupted inside start(): the thread never started
+            thread.join(JOIN_TIMEOUT)
             if thread.is_alive():  # pragma: no cover - the loop exits within a turn
                 safe_log(
                     logging.ERROR, "Health check server thread did not stop in time", logger=log
                 )
+        self.listeners.close()
         self.evaluator.close()
         for transport in list(self.transports):
             transport.forget()  # the loop is over: close the socket, run no protocol code
         self.transports.clear()
-        self.listeners.close()
         self.loop.close()
 
     def forget_in_child(self) -> None:
         """In a forked child: close our copies of the connections; the parent serves them."""
+        self.loop.repeats = Repeats()  # the parent's errors: the parent logs them
         for transport in list(self.transports):
             transport.forget()
         self.transports.clear()
@@ -140,11 +164,18 @@ class Engine:
             try:
                 on_start()
             except Exception as exc:
-                report(exc, "_on_start")
+                self.loop.report(exc, "_on_start")
             self.loop.run()
         except BaseException as exc:  # a hook raised SystemExit, say: refuse, never hang
-            report(exc, "loop")
             self.loop.failed = True
+            safe_log(
+                logging.CRITICAL,
+                "Health check server stopped: %s raised in its loop; connections are "
+                "refused until start() is called again",
+                type(exc).__name__,
+                exc_info=exc,
+                logger=log,
+            )
         if self.loop.failed:
             # Probes are refused at once from now on, instead of hanging until timeout.
             self.listeners.close()
@@ -160,8 +191,9 @@ class Engine:
             self.loop.unregister(sock)
 
     def _accept(self, listener: socket.socket, events: int) -> None:
-        if self._accept_paused or self.listeners.refusing:
+        if self._accept_paused or self.listeners.refusing or self.loop.stopping:
             return  # paused earlier in this turn (another listener ran out of descriptors)
+        made_room = False  # a connection was just closed for want of descriptors
         for _ in range(ACCEPTS_PER_TURN):
             try:
                 sock, _addr = listener.accept()
@@ -170,25 +202,27 @@ class Engine:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                if exc.errno in _CONNECTION_ERRNOS:
+                if exc.errno in CONNECTION_ERRNOS:
                     continue  # that one connection is gone; the next may be fine
-                if exc.errno not in _RESOURCE_ERRNOS:
+                if exc.errno not in RESOURCE_ERRNOS:
                     raise
-                # Out of descriptors: the open connections are served on (none is shed,
-                # a prober on one of them is as much ours), the new ones wait in the
-                # backlog until a descriptor is free.
-                self._pause_accepting(exc)
+                self._shortage.failed(exc)
+                # Out of descriptors: close an idle connection (else a slow one) to make
+                # room, so that idle clients can never lock a prober out. Those being
+                # answered are served on; if nothing else is open, the new connections
+                # wait in the backlog until a descriptor is free.
+                made_room = shed(self.transports, self.loop.timers, self._client_timeout, True)
+                if made_room:
+                    self._shortage.closed += 1
+                    continue
+                self._pause_accepting()
                 return
-            if self._out_of_fds:
-                self._out_of_fds = False
-                safe_log(
-                    logging.INFO,
-                    "Accepting %s health check connections again",
-                    self.kind,
-                    logger=log,
-                )
-            if len(self.transports) >= self._max_connections:
-                self._shed()
+            self._shortage.accepted(made_room)
+            made_room = False
+            if len(self.transports) >= self._max_connections and not shed(
+                self.transports, self.loop.timers, self._client_timeout, False
+            ):
+                next(iter(self.transports)).abort()  # nothing idle or slow: the oldest
             self._open(sock)
 
     def _open(self, sock: socket.socket) -> None:
@@ -202,7 +236,7 @@ class Engine:
             protocol = self._make_protocol(self.verdicts)
         except Exception as exc:
             sock.close()  # this client is not served; the next one may be
-            report(exc, "_make_protocol")
+            self.loop.report(exc, "_make_protocol")
             return
         transport = SocketTransport(self.loop, sock, protocol, self._client_timeout, self._closed)
         self.transports[transport] = None
@@ -215,31 +249,13 @@ class Engine:
         if self._accept_paused:
             self._resume_accepting()  # a descriptor was just freed
 
-    def _shed(self) -> None:
-        """Close the connection idle the longest (waiting for a client's request), else the
-        oldest, so that a burst of idle clients can never lock a prober out."""
-        for key in self.loop.timers.keys(self._client_timeout):
-            if isinstance(key, SocketTransport) and key in self.transports:
-                key.abort()
-                return
-        next(iter(self.transports)).abort()
-
-    def _pause_accepting(self, exc: OSError) -> None:
-        if not self._out_of_fds:
-            self._out_of_fds = True
-            safe_log(
-                logging.WARNING,
-                "Cannot accept %s health check connections (%s); open ones are served, "
-                "accepting resumes as soon as a descriptor is free",
-                self.kind,
-                exc.strerror or exc,
-                logger=log,
-            )
+    def _pause_accepting(self) -> None:
         self._accept_paused = True
         self._unwatch_listeners()
         self.loop.timers.arm(_ACCEPT, ACCEPT_RETRY, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
+        self._shortage.resumed = self._accept_paused
         self._accept_paused = False
         self.loop.timers.cancel(_ACCEPT)
         if not self.listeners.refusing:

@@ -8,15 +8,20 @@ connection is accepted.
 
 Every socket is recorded the moment it exists, so that whatever interrupts a bind (a
 signal handler's exception, a fork) finds it: :meth:`Listeners.close` closes what was
-recorded, and a forked child closes all of them (see :func:`close_all_in_child`).
+recorded, and a forked child closes all of them (see :func:`close_all_in_child`). A
+socket made while another thread forked is never listened on, and a listener stops
+listening before it is closed: a child forked in either system call copies a descriptor
+it cannot find, which must never hold the port.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sys
-import weakref
+import time
+from collections.abc import Callable
 
 from ..logging import get_logger
 
@@ -33,12 +38,25 @@ LISTEN_BACKLOG = 1024
 # port is free meanwhile (another process may take it).
 REFUSE_IN_PLACE = sys.platform.startswith("linux")
 
-# Every socket bound here (and the loops' wakers), for a forked child to close.
-_SOCKETS: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+# Seconds after a fork during which binding retries a port in use: the child holds a copy
+# of our listener from fork() until its first act closes it, and a restart in the parent
+# within that moment would find the port taken.
+FORK_SETTLE = 0.5
+
+# Every socket bound here (and the loops' wakers), for a forked child to close. Held, not
+# weakly: a weak reference's callback can swallow a signal handler's exception. Closed
+# ones are dropped as new ones come.
+_SOCKETS: set[socket.socket] = set()
+# Forks of this process so far, and whether one is under way (its handlers running).
+_forks = [0]
+_forking = [False]
+_forked_at = [-FORK_SETTLE]  # time.monotonic() of the last one
 
 
 def record(sock: socket.socket) -> socket.socket:
     """Remember ``sock`` for :func:`close_all_in_child`; return it."""
+    for closed in [s for s in _SOCKETS if s.fileno() < 0]:
+        _SOCKETS.discard(closed)
     _SOCKETS.add(sock)
     return sock
 
@@ -47,6 +65,69 @@ def close_all_in_child() -> None:
     """In a forked child: close every socket recorded, so the child holds no port."""
     for sock in list(_SOCKETS):
         sock.close()
+    _SOCKETS.clear()
+
+
+def _new_socket(sockets: list[socket.socket], family: int) -> socket.socket:
+    """A new socket, listed in ``sockets`` and recorded before anything else runs.
+
+    ``socket()`` runs without the GIL: a fork in another thread meanwhile gives the child
+    a descriptor it cannot find, which would keep the port listening once we listen on
+    it. Such a socket is closed unused and another one made.
+    """
+    while True:
+        forks = _forks[0]
+        sockets.append(socket.socket(family, socket.SOCK_STREAM))
+        sock = record(sockets[-1])
+        if _forks[0] == forks and not _forking[0]:
+            return sock
+        sock.close()
+        sockets.remove(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    """Stop listening, then close: ``close()`` runs without the GIL and the socket object
+    says closed before it is, so a child forked meanwhile keeps a copy it cannot find;
+    after ``shutdown()`` that copy listens no more, and the port can be bound again."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # not listening (nothing to stop), or not here: close() is all
+    sock.close()
+
+
+def _before_fork() -> None:
+    _forking[0] = True
+
+
+def _after_fork_in_parent() -> None:
+    _forked_at[0] = time.monotonic()
+    _forks[0] += 1
+    _forking[0] = False
+
+
+def _after_fork_in_child() -> None:
+    _forking[0] = False
+
+
+def _settled(call: Callable[..., None], *args: object) -> None:
+    """``call(*args)``, retried while the port is in use just after a fork (FORK_SETTLE)."""
+    while True:
+        try:
+            call(*args)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > _forked_at[0] + FORK_SETTLE:
+                raise
+        time.sleep(0.005)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def display(host: str, port: int) -> str:
@@ -155,7 +236,7 @@ class Listeners:
         ]
         sockets, self.sockets = self.sockets, []
         for sock in sockets:
-            sock.close()
+            _close(sock)
 
     def resume(self) -> None:
         """Accept again after :meth:`refuse`.
@@ -189,25 +270,24 @@ class Listeners:
     def close(self) -> None:
         """Close every socket. Idempotent."""
         while self.sockets:
-            self.sockets.pop().close()
+            _close(self.sockets[-1])  # still listed until closed: a child finds it
+            self.sockets.pop()
 
     def _listen(self, family: int, address: tuple[object, ...], dualstack: bool = False) -> None:
         """Bind and listen on one address; each socket is ours before anything else runs."""
-        self.sockets.append(socket.socket(family, socket.SOCK_STREAM))
-        sock = record(self.sockets[-1])
+        sock = _new_socket(self.sockets, family)
         _configure(sock, family, dualstack)
-        sock.bind(address)
+        _settled(sock.bind, address)
         if REFUSE_IN_PLACE and self._keep_port and address[1] == 0:
             # A port the system chose is given back by shutdown(): bind a second socket
             # to it by number (SOCK_BINDPORT_LOCK), which keeps it while refusing.
             address = (address[0], sock.getsockname()[1], *address[2:])
-            self.sockets.append(socket.socket(family, socket.SOCK_STREAM))
-            held, sock = sock, record(self.sockets[-1])
+            held, sock = sock, _new_socket(self.sockets, family)
             _configure(sock, family, dualstack)
             sock.bind(address)
-            held.close()
+            _close(held)
             self.sockets.remove(held)
-        sock.listen(LISTEN_BACKLOG)
+        _settled(sock.listen, LISTEN_BACKLOG)
         sock.setblocking(False)
 
 

@@ -7,7 +7,8 @@ sockets, then the callbacks queued with :meth:`Loop.call_soon`, then the deadlin
 passed. No deadline, no timeout: an idle loop never wakes.
 
 The loop supervises itself. A step that raises is logged with its traceback (once per
-kind of failure, later ones at DEBUG) and the loop goes on. Only when turns keep failing
+kind of failure; later ones are counted, and the count logged every
+``REPEAT_INTERVAL``) and the loop goes on. Only when turns keep failing
 (``MAX_FAILED_TURNS`` in a row: ``select()`` itself broken, say) does it give up:
 :attr:`Loop.failed` turns True and :meth:`Loop.run` returns, so that the server can close
 its listeners (probes are refused at once) instead of hanging.
@@ -25,7 +26,7 @@ from collections.abc import Callable, Hashable, Iterator
 
 from ..logging import get_logger
 
-__all__ = ["MAX_FAILED_TURNS", "Loop", "Timers", "report", "safe_log"]
+__all__ = ["MAX_FAILED_TURNS", "REPEAT_INTERVAL", "Loop", "Timers", "safe_log"]
 
 log = get_logger(__name__)
 
@@ -34,9 +35,14 @@ log = get_logger(__name__)
 # raises while it stays readable) would spin: 100 such turns take milliseconds.
 MAX_FAILED_TURNS = 100
 
-Handler = Callable[[int], None]
+# Seconds between the log lines that count a repeating error. Its first occurrence is
+# logged with its traceback; the next ones are only counted, so that a hook failing on
+# every request cannot flood the log.
+REPEAT_INTERVAL = 60.0
 
-_reported: set[tuple[str, str, int]] = set()
+SERVER_ERROR = "Error in the health check server (%s); serving goes on"
+
+Handler = Callable[[int], None]
 
 
 def safe_log(
@@ -53,15 +59,61 @@ def safe_log(
         pass
 
 
-def report(exc: BaseException, what: str) -> None:
-    """Log a step that raised: with its traceback the first time, at DEBUG afterwards."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    key = (what, type(exc).__name__, tb.tb_lineno if tb is not None else 0)
-    level = logging.DEBUG if key in _reported else logging.ERROR
-    _reported.add(key)
-    safe_log(level, "Error in the health check server (%s); serving goes on", what, exc_info=exc)
+class _Seen:
+    """One error's first step, and its repeats since its last log line."""
+
+    __slots__ = ("what", "count", "since")
+
+    def __init__(self, what: str, since: float) -> None:
+        self.what, self.count, self.since = what, 0, since  # count: repeats not logged yet
+
+
+class Repeats:
+    """Errors seen, by message, type and where raised: the first is logged with its
+    traceback, the next ones counted, and each count logged (without a traceback) at the
+    first repeat ``REPEAT_INTERVAL`` after the last line, or by :meth:`flush`."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, str, int], _Seen] = {}
+
+    def report(self, exc: BaseException, what: str, message: str = SERVER_ERROR) -> None:
+        """Log ``exc``, raised by ``what``; ``message`` has one ``%s``, for ``what``."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("", 0)
+        key = (message, type(exc).__name__, *where)
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is None:
+            self._seen[key] = _Seen(what, now)
+            safe_log(logging.ERROR, message, what, exc_info=exc)
+            return
+        seen.count += 1
+        if now - seen.since >= REPEAT_INTERVAL:
+            self._log(key, seen, now)
+
+    def flush(self) -> None:
+        """Log the counts not logged yet."""
+        now = time.monotonic()
+        for key, seen in self._seen.items():
+            if seen.count:
+                self._log(key, seen, now)
+
+    @staticmethod
+    def _log(key: tuple[str, str, str, int], seen: _Seen, now: float) -> None:
+        message, name, filename, line = key
+        safe_log(
+            logging.ERROR,
+            message + "; %s at %s:%d again, %d more times in %.1fs",
+            seen.what,
+            name,
+            filename,
+            line,
+            seen.count,
+            now - seen.since,
+        )
+        seen.count, seen.since = 0, now
 
 
 class Timers:
@@ -137,6 +189,8 @@ class Loop:
         self.timers = Timers()
         self.stopping = False
         self.failed = False
+        self.repeats = Repeats()
+        self.report = self.repeats.report
         self._ready: deque[Callable[[], None]] = deque()
         self._selecting = False  # asleep in select(): other threads must wake it
         self._waker_r: socket.socket | None = None
@@ -153,7 +207,8 @@ class Loop:
         self.selector.register(self._waker_r, selectors.EVENT_READ, None)
 
     def close(self) -> None:
-        """Close the selector and the waker. Idempotent."""
+        """Close the selector and the waker, and log the error counts left. Idempotent."""
+        self.repeats.flush()
         selector, self.selector = self.selector, None
         if selector is not None:
             selector.close()
@@ -204,7 +259,7 @@ class Loop:
             try:
                 ok = self._run_once()
             except Exception as exc:
-                report(exc, "loop turn")
+                self.report(exc, "loop turn")
                 ok = False
             failed_turns = 0 if ok else failed_turns + 1
             if failed_turns >= MAX_FAILED_TURNS:
@@ -228,6 +283,8 @@ class Loop:
         finally:
             self._selecting = False
         for key, events in ready:
+            if self.stopping:
+                return ok  # stop() from a step of this turn: the rest is for nobody
             handler = key.data
             if handler is None:
                 self._drain_waker()
@@ -235,20 +292,22 @@ class Loop:
             try:
                 handler(events)
             except Exception as exc:
-                report(exc, "I/O handler")
+                self.report(exc, "I/O handler")
                 ok = False
         for _ in range(len(self._ready)):
+            if self.stopping:
+                return ok
             callback = self._ready.popleft()
             try:
                 callback()
             except Exception as exc:
-                report(exc, "callback")
+                self.report(exc, "callback")
                 ok = False
         for callback in self.timers.pop_expired(time.monotonic()):
             try:
                 callback()
             except Exception as exc:
-                report(exc, "deadline")
+                self.report(exc, "deadline")
                 ok = False
         return ok
 

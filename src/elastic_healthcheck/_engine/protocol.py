@@ -142,6 +142,16 @@ class BaseProtocol:
         """
         return False
 
+    def shed_order(self) -> int | None:
+        """Whether closing the connection now to make room for another loses anything.
+
+        Returns:
+            ``0``: nothing is owed nor under way (idle, closed first); ``1``: a request
+            is arriving, incomplete (a slow client, closed next); ``None``: an answer
+            is owed, never closed for room.
+        """
+        return None
+
     def timeout(self) -> None:
         """The deadline set with :meth:`Transport.set_timeout` passed."""
         self.transport.close()

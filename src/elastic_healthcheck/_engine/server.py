@@ -28,7 +28,7 @@ from ..health_check_server import HealthCheckServer
 from ..logging import get_logger
 from ..status import HealthStatus, Verdict, check_seconds
 from .engine import Engine
-from .listeners import close_all_in_child, display, record
+from .listeners import close_all_in_child, display
 from .loop import safe_log
 from .protocol import BaseProtocol, Services
 from .transport import RECV_SIZE
@@ -197,7 +197,6 @@ class SocketHealthCheckServer(HealthCheckServer):
                     self._keep_port,
                 )
                 engine.listeners.bind(self._host, self._port)
-                engine.loop.open(record)
                 engine.verdicts = Verdicts(
                     engine.loop,
                     engine.evaluator,

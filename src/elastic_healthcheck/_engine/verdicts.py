@@ -20,7 +20,7 @@ from collections.abc import Callable
 from ..logging import get_logger
 from ..status import HealthStatus, Verdict
 from .evaluator import Evaluator
-from .loop import Loop, report, safe_log
+from .loop import Loop, safe_log
 from .protocol import BaseProtocol
 from .transport import SocketTransport
 
@@ -180,7 +180,7 @@ class Verdicts:
         try:
             self._observe(status)
         except Exception as exc:
-            report(exc, "_observe")
+            self._loop.report(exc, "_observe")
 
     def forget(self, protocol: BaseProtocol) -> None:
         """``protocol``'s connection is closed: it waits for nothing any more."""

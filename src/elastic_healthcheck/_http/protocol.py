@@ -23,6 +23,7 @@ from .wire import (
     HTTPError,
     Request,
     build_response,
+    connection_field,
     early_error,
     find_head_end,
     http_date,
@@ -50,7 +51,6 @@ TEXT = "text/plain; charset=utf-8"
 # bounded memory per connection, and nothing lost.
 MAX_BUFFERED_INPUT = 64 * 1024
 
-
 # Distinct request heads remembered parsed (a Request is never changed once made).
 PARSED_CACHE = 256
 
@@ -74,6 +74,7 @@ class HTTPState(StateEnum):
     IDLE = "idle"  # reading a request head (or none yet)
     WAITING = "waiting"  # a request waits for its verdict or text
     HALF_CLOSED = "half-closed"  # waiting, and the client sent its last byte
+    DRAINING = "draining"  # the client sent its last byte: answer what it sent, then close
     CLOSED = "closed"  # the last answer is written; nothing more is read
 
 
@@ -92,14 +93,21 @@ TRANSITIONS: dict[tuple[HTTPState, HTTPEvent], HTTPState] = {
     (S.IDLE, E.REQUEST): S.WAITING,
     (S.IDLE, E.KEEP): S.IDLE,  # 404, 405, OPTIONS: answered at once
     (S.IDLE, E.CLOSE): S.CLOSED,  # a bad request, a timeout, "Connection: close"
-    (S.IDLE, E.EOF): S.CLOSED,
+    # Every request a client sent before its end of input is answered, in order (RFC 9112
+    # section 9.6): `printf 'GET ...GET ...' | nc -N` gets both answers.
+    (S.IDLE, E.EOF): S.DRAINING,
     (S.IDLE, E.LOST): S.CLOSED,
     (S.WAITING, E.KEEP): S.IDLE,
     (S.WAITING, E.CLOSE): S.CLOSED,
     (S.WAITING, E.EOF): S.HALF_CLOSED,  # `printf ... | nc -N`: still owed an answer
     (S.WAITING, E.LOST): S.CLOSED,
+    (S.HALF_CLOSED, E.KEEP): S.DRAINING,  # answered; a pipelined request may follow
     (S.HALF_CLOSED, E.CLOSE): S.CLOSED,
     (S.HALF_CLOSED, E.LOST): S.CLOSED,
+    (S.DRAINING, E.REQUEST): S.HALF_CLOSED,
+    (S.DRAINING, E.KEEP): S.DRAINING,
+    (S.DRAINING, E.CLOSE): S.CLOSED,  # all answered
+    (S.DRAINING, E.LOST): S.CLOSED,
     (S.CLOSED, E.LOST): S.CLOSED,
 }
 del S, E
@@ -123,8 +131,7 @@ class HTTPResponses:
         # Request heads already parsed: a prober sends the same bytes every time.
         self.parsed: dict[bytes, Request] = {}
         self._date: tuple[int, str] = (0, "")
-        # The /healthz responses for the current verdict in the current second (replaced
-        # whole, never mutated in place).
+        # /healthz responses of the current verdict and second (replaced whole, never mutated).
         self._rendered: tuple[HealthStatus | None, int, dict[tuple[bool, str | None], bytes]]
         self._rendered = (None, 0, {})
 
@@ -209,12 +216,14 @@ class HTTPProtocol(BaseProtocol):
             self._process()
 
     def eof_received(self) -> bool:
-        if self._machine.state is HTTPState.WAITING:
+        state = self._machine.state
+        if state is HTTPState.WAITING:
             self._machine.fire(HTTPEvent.EOF)
-            return True  # answer, then close
-        if self._machine.state is HTTPState.IDLE:
+            return True  # answer (and what follows it), then close
+        if state is HTTPState.IDLE:
             self._machine.fire(HTTPEvent.EOF)
-        return False
+            self._process()  # requests held back while the client did not read
+        return self._machine.state is not HTTPState.CLOSED
 
     def timeout(self) -> None:
         if self.transport.get_write_buffer_size():
@@ -229,15 +238,17 @@ class HTTPProtocol(BaseProtocol):
     def resume_writing(self) -> None:
         self._process()
 
+    def shed_order(self) -> int | None:  # idle, a request arriving, or an answer owed
+        return (1 if self._buf else 0) if self._machine.state is HTTPState.IDLE else None
+
     def connection_lost(self) -> None:
         self._machine.fire(HTTPEvent.LOST)
 
     def status_received(self, status: HealthStatus) -> None:
         request = self._request
         assert request is not None
-        head_only = request.method == "HEAD"
-        keep = request.keep_alive and self._machine.state is not HTTPState.HALF_CLOSED
-        connection = _connection_field(request, keep)
+        head_only, keep = request.method == "HEAD", self._keeps(request)
+        connection = connection_field(request, keep)
         if self._route is Route.METRICS:
             body = render_metrics(status, self._responses.probes())
             response = self._responses.build(
@@ -251,7 +262,7 @@ class HTTPProtocol(BaseProtocol):
     def text_received(self, text: str | None, error: str | None) -> None:
         request = self._request
         assert request is not None
-        keep = request.keep_alive and self._machine.state is not HTTPState.HALF_CLOSED
+        keep = self._keeps(request)
         if error is not None:
             code, body = HTTPStatus.SERVICE_UNAVAILABLE, (error + "\n").encode("utf-8")
         elif text is None:
@@ -259,7 +270,7 @@ class HTTPProtocol(BaseProtocol):
         else:
             code, body = HTTPStatus.OK, text.encode("utf-8", errors="replace")
         response = self._responses.build(
-            code, body, TEXT, request.method == "HEAD", _connection_field(request, keep)
+            code, body, TEXT, request.method == "HEAD", connection_field(request, keep)
         )
         self._answer(response, keep)
 
@@ -267,12 +278,12 @@ class HTTPProtocol(BaseProtocol):
 
     def _process(self) -> None:
         """Answer what is buffered, one request after another (a loop, never recursion)."""
-        if self._processing:
-            return  # an answer given from inside this loop: the loop goes on
+        if self._processing:  # an answer given from inside this loop: the loop goes on
+            return
         self._processing = True
         try:
             while (
-                self._machine.state is HTTPState.IDLE
+                self._machine.state in (HTTPState.IDLE, HTTPState.DRAINING)
                 and self._buf
                 and not self.transport.get_write_buffer_size()
                 and self._next_request()
@@ -280,6 +291,12 @@ class HTTPProtocol(BaseProtocol):
                 pass
         finally:
             self._processing = False
+        if self._machine.state is HTTPState.DRAINING and not (
+            self._buf and self.transport.get_write_buffer_size()
+        ):  # all answered (what is left cannot become a request now), or being sent
+            self._machine.fire(HTTPEvent.CLOSE)
+            self.transport.close()
+            return
         if self._paused and len(self._buf) <= MAX_BUFFERED_INPUT // 2:
             self._paused = False
             self.transport.resume_reading()
@@ -330,7 +347,8 @@ class HTTPProtocol(BaseProtocol):
                 self._services.request_text(self, path[len(DEBUG_PREFIX) :])
             else:
                 self._services.request_status(self)  # often answered at once, from here
-            if self._machine.state is not HTTPState.IDLE:
+            state = self._machine.state
+            if state is HTTPState.WAITING or state is HTTPState.HALF_CLOSED:
                 self.transport.set_timeout(None)  # the wait has its own deadline
         elif method == "OPTIONS":
             if route is not None or path == "*":
@@ -347,15 +365,20 @@ class HTTPProtocol(BaseProtocol):
         self, request: Request, status: HTTPStatus, body: bytes | None = None, extra: str = ""
     ) -> None:
         """A response that needs no verdict (404, 405, OPTIONS); the connection lives on."""
+        keep = self._keeps(request)
         response = self._responses.build(
-            status,
-            body,
-            TEXT,
-            request.method == "HEAD",
-            _connection_field(request, request.keep_alive),
-            extra,
+            status, body, TEXT, request.method == "HEAD", connection_field(request, keep), extra
         )
-        self._answer(response, request.keep_alive)
+        self._answer(response, keep)
+
+    def _keeps(self, request: Request) -> bool:
+        """The client asks to keep the connection and, after its end of input, sent more."""
+        if not request.keep_alive:
+            return False
+        state = self._machine.state
+        if state is not HTTPState.HALF_CLOSED and state is not HTTPState.DRAINING:
+            return True
+        return find_head_end(self._buf.lstrip(b"\r\n"))[0] >= 0
 
     def _answer(self, response: bytes, keep: bool) -> None:
         # The event first: a write that finds the client gone ends in connection_lost(),
@@ -375,9 +398,3 @@ class HTTPProtocol(BaseProtocol):
         self._machine.fire(HTTPEvent.CLOSE)
         self.transport.write(self._responses.build(status, None))
         self.transport.close(linger=True)  # the rest of a bad request may be on its way
-
-
-def _connection_field(request: Request, keep: bool) -> str | None:
-    if not keep:
-        return "close"
-    return "keep-alive" if request.minor == 0 else None

@@ -22,6 +22,7 @@ __all__ = [
     "HTTPError",
     "Request",
     "build_response",
+    "connection_field",
     "early_error",
     "find_head_end",
     "http_date",
@@ -264,6 +265,14 @@ def http_date(epoch_seconds: int) -> str:
 
 # Sent with every response: never cache a health answer, never sniff a content type.
 _COMMON = b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+
+
+def connection_field(request: Request, keep: bool) -> str | None:
+    """The ``Connection`` field of the answer to ``request``: ``close`` when the connection
+    ends with it, ``keep-alive`` to an HTTP/1.0 client that keeps it, else none."""
+    if not keep:
+        return "close"
+    return "keep-alive" if request.minor == 0 else None
 
 
 def build_response(

@@ -102,11 +102,14 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
             ``refuse_while_dead``: how late a death (or a recovery) is noticed when
             nobody connects.
         agent_check: Answer in HAProxy's agent-check words (``up``/``down``, our line
-            after ``#``).
+            after ``#``). Not with ``refuse_while_dead``: HAProxy keeps a server's last
+            agent state while the agent's connection is refused, so it would never hear
+            ``down``.
 
     Raises:
         TypeError: An argument has the wrong type.
-        ValueError: An argument is out of range.
+        ValueError: An argument is out of range, or ``agent_check`` and
+            ``refuse_while_dead`` are both set.
     """
 
     _kind = "tcp"
@@ -130,6 +133,13 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, not {type(flag).__name__}")
         check_seconds("recheck_interval", recheck_interval, allow_zero=False)
+        if agent_check and refuse_while_dead:
+            # HAProxy keeps a server's last agent state when the agent's connection is
+            # refused: refusing would leave a dead agent's server up (docs/engine.md).
+            raise ValueError(
+                "agent_check=True and refuse_while_dead=True cannot be combined: HAProxy keeps "
+                "the last agent state while the agent port refuses, so a dead agent stays up"
+            )
         super().__init__(
             alive_callback,
             port,
