@@ -159,7 +159,7 @@ def test_heartbeat_file_drives_the_verdict(serving, tmp_path):
     assert stale["age"] > 100
     heartbeat.unlink()
     missing = _probe_until(target, "unknown")
-    assert missing["reason"] == "callback raised FileNotFoundError"
+    assert missing["reason"] == f"callback raised FileNotFoundError for {heartbeat}"
     assert server.finish()[0] == 0
 
 
