@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from ._config.kinds import ConfigurationError as ConfigurationError
     from ._config.kinds import available_kinds as available_kinds
+    from ._config.settings import ConfigurationError as ConfigurationError
     from ._http.server import HTTPHealthCheckServer as HTTPHealthCheckServer
     from ._tcp.server import TCPHealthCheckServer as TCPHealthCheckServer
     from .health_check_server import HealthCheckServer as HealthCheckServer
@@ -50,7 +50,7 @@ __all__ = [
 _LAZY = {
     "HTTPHealthCheckServer": "._http.server",
     "TCPHealthCheckServer": "._tcp.server",
-    "ConfigurationError": "._config.kinds",
+    "ConfigurationError": "._config.settings",
     "available_kinds": "._config.kinds",
     "HeartbeatFile": ".progress",
     "HeartbeatFileReader": ".progress",

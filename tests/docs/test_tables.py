@@ -28,6 +28,7 @@ from elastic_healthcheck import HTTPHealthCheckServer, check_liveness
 from elastic_healthcheck._cli.main import build_parser, main
 from elastic_healthcheck._cli.probe import parse_target, probe
 from elastic_healthcheck._config.kinds import BUILTIN_KINDS, ENV_PREFIX, _options, resolve_kind
+from elastic_healthcheck._config.settings import SETTINGS
 
 from . import test_examples
 from .markdown import ROOT, Table, code_spans, documents, tables
@@ -283,22 +284,27 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def test_cli_flag_table():
+    """Every flag of every command is documented, with the default the settings table has."""
     (table,) = _tables("command", "flag", "default", "meaning")
     documented: dict[tuple[str, frozenset[str]], str] = {}
     for command, flag, default, _ in table.rows:
         names = frozenset(span.split(" ")[0] for span in code_spans(flag))
         documented[_span(command), names] = default
-    real: dict[tuple[str, frozenset[str]], object] = {}
+    real: dict[tuple[str, frozenset[str]], argparse.Action] = {}
     for command, sub in _subparsers(build_parser()).items():
         for action in sub._actions:
             if action.option_strings and not isinstance(action, argparse._HelpAction):
-                real[command, frozenset(action.option_strings)] = action.default
+                real[command, frozenset(action.option_strings)] = action
     assert set(documented) == set(real)
-    for key, value in real.items():
-        if value is None or value is False:
-            continue  # "none", "off", or a default that lives elsewhere (the server's)
-        shown = _span(documented[key])
-        assert shown == value or float(shown) == value, (key, shown, value)
+    rows = {(row.command, row.flag): row for row in SETTINGS if row.flag is not None}
+    for (command, names), default in documented.items():
+        row = rows.get((command, next(iter(names))))
+        if row is None:  # a flag outside the table: an output switch, off by default
+            assert default == "off", (command, names)
+            continue
+        spans = code_spans(default)
+        shown = spans[0] if spans else default
+        assert shown == row.shown, (command, names, shown, row.shown)
 
 
 def test_exit_status_table(servers, capsys):
@@ -309,8 +315,9 @@ def test_exit_status_table(servers, capsys):
     assert main(["probe", "127.0.0.1:1"]) == 1  # refused
     with socket.create_server(("127.0.0.1", 0)) as taken:
         assert main(["serve", "--host", "127.0.0.1", "--port", str(taken.getsockname()[1])]) == 1
-    with pytest.raises(SystemExit) as usage:
-        main(["probe", "--timeout", "soon", "127.0.0.1:1"])
+    assert main(["probe", "--timeout", "soon", "127.0.0.1:1"]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse's own mistakes: the same status
+        main(["probe"])
     assert usage.value.code == 2
     capsys.readouterr()
 
