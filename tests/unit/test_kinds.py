@@ -25,6 +25,7 @@ from elastic_healthcheck._config.kinds import (
     resolve_kind,
 )
 from elastic_healthcheck._http.server import HTTPHealthCheckServer
+from elastic_healthcheck._tcp.server import TCPHealthCheckServer
 from elastic_healthcheck.health_check_server import HealthCheckServer, create_healthcheck_server
 
 SERVER = "ELASTIC_HEALTHCHECK_SERVER"
@@ -222,9 +223,8 @@ def test_server_variable_selects_http(monkeypatch):
 
 
 def test_server_variable_selects_tcp(monkeypatch):
-    tcp = pytest.importorskip("elastic_healthcheck._tcp.server")
     monkeypatch.setenv(SERVER, "tcp")
-    assert type(create_healthcheck_server(alive, 0, 60)) is tcp.TCPHealthCheckServer
+    assert type(create_healthcheck_server(alive, 0, 60)) is TCPHealthCheckServer
 
 
 def test_server_variable_value_is_stripped(monkeypatch):
@@ -405,14 +405,13 @@ def test_environment_options_reach_the_http_server(monkeypatch):
 
 
 def test_tcp_takes_its_own_options_from_environment(monkeypatch):
-    tcp = pytest.importorskip("elastic_healthcheck._tcp.server")
     monkeypatch.setenv(SERVER, "tcp")
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_REFUSE_WHILE_DEAD", "yes")
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_RECHECK_INTERVAL", "0.5")
     server = create_healthcheck_server(alive, 0, 60)
-    assert type(server) is tcp.TCPHealthCheckServer
-    assert server._refuse_while_dead is True  # type: ignore[attr-defined]
-    assert server._recheck_interval == 0.5  # type: ignore[attr-defined]
+    assert type(server) is TCPHealthCheckServer
+    assert server._refuse_while_dead is True
+    assert server._recheck_interval == 0.5
 
 
 def test_keyword_argument_overrides_environment(monkeypatch):
