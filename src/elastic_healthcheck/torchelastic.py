@@ -354,34 +354,28 @@ def install(
 ) -> Integration:
     """Make torch's elastic agents in this process serve real health checks.
 
-    Every argument left ``None`` comes from its variable, else its default; the table of
-    them all is :data:`elastic_healthcheck._config.settings.SETTINGS`.
+    Every argument left ``None`` comes from its ``ELASTIC_HEALTHCHECK_*`` variable, else its
+    default (``docs/configuration.md``; the table is ``_config.settings.SETTINGS``).
 
     Args:
-        kind: The server kind (``http``, ``tcp`` or a plugin's); default:
-            ``ELASTIC_HEALTHCHECK_SERVER``, else ``http``.
+        kind: The server kind (``http``, ``tcp`` or a plugin's); default ``http``.
         port: Listen now, on this port, so that health checks answer before the first
-            rendezvous. Default: ``ELASTIC_HEALTHCHECK_PORT``, else
-            ``TORCHELASTIC_HEALTH_CHECK_PORT`` if set; otherwise the server starts when
-            the agent first asks for one (and only if it does).
-        timeout: Seconds without progress before dead; default:
-            ``ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT``, else the 60 s torch passes.
+            rendezvous; else ``ELASTIC_HEALTHCHECK_PORT``, else torch's
+            ``TORCHELASTIC_HEALTH_CHECK_PORT``; without any, the server starts when the
+            agent first asks for one (and only if it does).
+        timeout: Seconds without progress before dead; default: the 60 s torch passes.
         startup_timeout: Seconds from a worker group's spawn during which ranks that have
-            made no progress yet count as starting (answer 200); default:
-            ``ELASTIC_HEALTHCHECK_TORCHRUN_STARTUP_TIMEOUT``, else 1800.
+            made no progress yet count as starting (answer 200); default 1800.
         bootstrap: Start workers through the bootstrap that counts optimizer steps and
-            notes collectives (no change to the script needed); default:
-            ``ELASTIC_HEALTHCHECK_TORCHRUN_BOOTSTRAP`` (``0`` turns it off), else on.
-        on_hang: ``report`` (answer 503, log the stacks) or ``restart`` (also end the
-            hung worker group so that torchrun restarts it); default:
-            ``ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG``, else ``report``.
+            notes collectives (no change to the script needed); default on.
+        on_hang: ``report`` (answer 503, log the stacks; the default) or ``restart`` (also
+            end the hung worker group so that torchrun restarts it).
         phase_timeout: Seconds a rank may stay inside an evaluation, a checkpoint or a
             named phase without a sign of life (unless the phase sets its own deadline);
-            default: ``ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT``, else 1800.
+            default 1800.
         fresh_store: Give the workers a new store at every rendezvous round, so that a
             restarted group cannot read its dead predecessors' addresses (torch keeps one
-            store for all rounds); default: ``ELASTIC_HEALTHCHECK_TORCHRUN_FRESH_STORE``
-            (``0`` keeps torch's), else on. Every node of a job must agree.
+            store for all rounds); default on. Every node of a job must agree.
         options: Server options (``host``, ``debug``, ``callback_timeout``, ...), as for
             the kind; ``ELASTIC_HEALTHCHECK_<OPTION>`` variables apply too.
 

@@ -166,8 +166,8 @@ def _check_malformed(port: int, answer: str) -> None:
 def test_headers_every_response_has(servers):
     """The sentence under the request table names the headers of every response."""
     alive, _ = servers
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"Every response has (.*?)\.\s", readme, re.DOTALL)
+    page = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
+    match = re.search(r"Every response has (.*?)\.\s", page, re.DOTALL)
     assert match is not None
     sentence = " ".join(match.group(1).split())
     named = code_spans(sentence)
@@ -241,7 +241,12 @@ LIVENESS: dict[str, Callable[[float], object]] = {
     "returned `None`, a string, `True`/`False`, ...": lambda now: None,
     "returned NaN or an infinity": lambda now: math.nan,
     "raised an exception": lambda now: _raise(),
+    "raised an `OSError` about a file": lambda now: _missing_file(),
 }
+
+
+def _missing_file() -> float:
+    raise FileNotFoundError(2, "No such file or directory", "/run/health/progress")
 
 
 def _live(returns: Callable[[float], object]) -> Callable[[], int]:
@@ -399,3 +404,99 @@ def test_benchmark_script_table():
 def test_stand_in_table():
     (table,) = _tables("stand-in", "what it is")
     assert [_span(row[0]) for row in table.rows] == test_examples.STAND_INS
+
+
+# -- configuration: one table in the code, the same table in the docs ------------------------
+
+
+def test_configuration_table_is_the_settings_table():
+    """docs/configuration.md lists every setting: its variable, flag, argument and default."""
+    (table,) = _tables("command", "variable", "flag", "install()", "default", "meaning")
+    documented = []
+    for command, variable, flag, argument, default, _ in table.rows:
+        spans = code_spans(default)
+        documented.append(
+            (
+                _span(command),
+                code_spans(variable)[0] if code_spans(variable) else None,
+                code_spans(flag)[0] if code_spans(flag) else None,
+                code_spans(argument)[0].rstrip("=") if code_spans(argument) else None,
+                spans[0] if spans else default,
+            )
+        )
+    real = [
+        (
+            row.command,
+            row.variable,
+            row.flag,
+            row.name if row.argument else None,
+            row.shown,
+        )
+        for row in SETTINGS
+    ]
+    assert documented == real
+
+
+def test_torchrun_option_table_agrees_with_the_settings_table():
+    """docs/torchrun.md's options: each row's flag, variable, argument and default as the
+    table has them (its other columns are that page's own)."""
+    (table,) = _tables("flag", "variable", "install()", "default", "meaning")
+    rows = {row.flag: row for row in SETTINGS if row.command == "torchrun" and row.flag}
+    assert table.rows
+    for flag, variable, argument, default, _ in table.rows:
+        row = rows[_span(flag).split(" ")[0]]
+        assert _span(variable).split("=")[0] == row.variable, flag
+        assert _span(argument).split("=")[0] == row.name, flag
+        assert default.split(" ")[0].strip("`") in (row.shown, row.shown.split(" ")[0]), flag
+
+
+# -- deploying: the metrics a node exposes ---------------------------------------------------
+
+
+def _torchrun_metrics(ranks: int) -> str:
+    from elastic_healthcheck._http.prometheus import render_metrics
+    from elastic_healthcheck.status import HealthStatus, Verdict
+
+    from ..detail_sample import torchrun_detail
+
+    detail = torchrun_detail()
+    record = next(iter(detail["ranks"].values()))
+    detail["ranks"] = {str(local): dict(record, rank=local) for local in range(ranks)}
+    detail["suspect_ranks"] = ["1"]
+    status = HealthStatus(Verdict.DEAD, 60.0, 1.0, 75.0, None, detail)
+    probes = dict.fromkeys(Verdict, 1)
+    return render_metrics(status, probes).decode()
+
+
+def test_deploy_metric_table_lists_every_family_and_label_value():
+    (table,) = _tables("metric", "type", "labels", "meaning")
+    text = _torchrun_metrics(2)
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+    for metric, kind, labels, meaning in table.rows:
+        name = _span(metric)
+        assert types.get(name) == kind, name
+        for label in code_spans(labels):
+            assert re.search(rf"^{name}{{.*\b{label}=", text, re.MULTILINE), (name, label)
+        label = (code_spans(labels) or [""])[-1]
+        values = set(re.findall(rf'^{name}{{.*\b{label}="([^"]+)"', text, re.MULTILINE))
+        if name.endswith(("_state", "_phase")):  # the row names every value of the label
+            assert set(code_spans(meaning)) == values, name
+
+
+def test_deploy_series_count_is_what_a_node_exposes():
+    page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    match = re.search(
+        r"A node with (\d+) local ranks exposes\s+(\d+) series: (\d+) for the verdict, (\d+)"
+        r" for the agent and (\d+) per rank",
+        page,
+    )
+    assert match is not None
+    ranks, total, verdict, agent, per_rank = map(int, match.groups())
+
+    def series(text: str) -> int:
+        return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+    with_ranks, without = _torchrun_metrics(ranks), _torchrun_metrics(0)
+    assert series(with_ranks) == total == verdict + agent + ranks * per_rank
+    assert series(_torchrun_metrics(ranks + 1)) - series(with_ranks) == per_rank
+    assert series(without) == verdict + agent

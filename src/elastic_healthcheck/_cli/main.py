@@ -245,6 +245,7 @@ def _torchrun(arguments: list[str]) -> int:
             phase_timeout=options.phase_timeout,
             bootstrap=options.bootstrap,
             on_hang=options.on_hang,
+            fresh_store=options.fresh_store,
             **options.server_options,
         )
     except ImportError as exc:  # no torch: the message names the extra to install
