@@ -73,10 +73,12 @@ def _get(path: str, method: str = "GET", extra: str = "") -> bytes:
 
 @pytest.fixture
 def servers():
+    # A generous callback deadline: these tests read the tables, and on a loaded machine
+    # the default 0.5 s could turn an alive answer into "unknown".
     alive = HTTPHealthCheckServer(
-        lambda: int(time.time()), 0, 60, host="127.0.0.1", client_timeout=0.5
+        lambda: int(time.time()), 0, 60, host="127.0.0.1", client_timeout=0.5, callback_timeout=5
     )
-    dead = HTTPHealthCheckServer(lambda: 0, 0, 60, host="127.0.0.1")
+    dead = HTTPHealthCheckServer(lambda: 0, 0, 60, host="127.0.0.1", callback_timeout=5)
     alive.start()
     dead.start()
     try:
@@ -269,7 +271,7 @@ def test_liveness_table():
         assert status.reason == (None if reason == "None" else reason), row
         if "age 0" in verdict_cell:
             assert status.age == 0.0
-        server = HTTPHealthCheckServer(_live(returns), 0, 60, host="127.0.0.1")
+        server = HTTPHealthCheckServer(_live(returns), 0, 60, host="127.0.0.1", callback_timeout=5)
         with server:
             code, _, body = _exchange(server.port, _get("/healthz"))
         answer = json.loads(body)
