@@ -104,7 +104,7 @@ def test_python_dash_m_is_the_same_command():
         ),
         pytest.param(
             ["serve", "--port", "70000"],
-            "--port='70000' is not a port number (0 to 65535)",
+            "invalid port '70000' from --port: expected 0 to 65535",
             id="port-range",
         ),
         pytest.param(

@@ -50,10 +50,12 @@ def _one_line_error(result: subprocess.CompletedProcess[str], code: int, message
             ["serve", "--kind", "noop"], "--kind noop is torch's no-op server", id="serve-noop"
         ),
         pytest.param(
-            ["serve", "--port", "²"], "--port='²' is not a port number", id="superscript-port"
+            ["serve", "--port", "²"], "invalid port '²' from --port", id="superscript-port"
         ),
         pytest.param(
-            ["serve", "--port", "８０８０"], "--port='８０８０' is not a port", id="full-width-port"
+            ["serve", "--port", "８０８０"],
+            "invalid port '８０８０' from --port",
+            id="full-width-port",
         ),
         pytest.param(["probe", "127.0.0.1:²"], "port must be a number", id="superscript-target"),
     ],
@@ -90,7 +92,7 @@ def test_heartbeat_file_that_is_a_directory_is_a_usage_error(tmp_path):
             id="timeout-0",
         ),
         pytest.param(
-            ["--health-port", "８０"], {}, "--health-port='８０' is not a port", id="port"
+            ["--health-port", "８０"], {}, "invalid port '８０' from --health-port", id="port"
         ),
         pytest.param(
             ["--health-on-hang", "reboot"],

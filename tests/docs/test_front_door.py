@@ -122,14 +122,17 @@ def test_the_readme_example_names_the_hung_rank(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     body = answer[1]
+    seen = json.dumps(body)  # in every failure message: the README's body is made from it
     shown = json.loads(_block("json", '{"status": "dead"'))
-    assert body.keys() == shown.keys()
-    assert body["status"] == shown["status"] == "dead"
-    assert body["detail"].keys() == shown["detail"].keys()
-    for key in ("phase", "suspect_ranks", "summary", "slowest_rank"):
-        assert body["detail"][key] == shown["detail"][key], key
+    assert body.keys() == shown.keys(), seen
+    assert body["status"] == shown["status"] == "dead", seen
+    assert body["detail"].keys() == shown["detail"].keys(), seen
+    # slowest_rank is information, not blame: which of two ranks stalled in one step is
+    # older is a matter of milliseconds, so it is not compared.
+    for key in ("phase", "suspect_ranks", "summary"):
+        assert body["detail"][key] == shown["detail"][key], (key, seen)
     for local, record in shown["detail"]["ranks"].items():
         real = body["detail"]["ranks"][local]
-        assert real.keys() == record.keys()
-        for key in ("state", "rank", "steps", "collectives", "in_collective"):
-            assert real[key] == record[key], (local, key, real)
+        assert real.keys() == record.keys(), seen
+        for key in ("state", "rank", "steps", "collectives", "in_collective", "phase"):
+            assert real[key] == record[key], (local, key, seen)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import pytest
 
 import elastic_healthcheck
-from elastic_healthcheck import HTTPHealthCheckServer, check_liveness
+from elastic_healthcheck import HTTPHealthCheckServer, Verdict, check_liveness
 from elastic_healthcheck._cli.main import build_parser, main
 from elastic_healthcheck._cli.probe import parse_target, probe
 from elastic_healthcheck._config.kinds import BUILTIN_KINDS, ENV_PREFIX, _options, resolve_kind
@@ -456,18 +456,37 @@ def test_torchrun_option_table_agrees_with_the_settings_table():
 
 
 def _torchrun_metrics(ranks: int) -> str:
+    """/metrics of a real dead verdict with ``ranks`` local ranks: rank 1 hung in compute,
+    the others waiting for it in all_reduce (as the integration builds it)."""
     from elastic_healthcheck._http.prometheus import render_metrics
-    from elastic_healthcheck.status import HealthStatus, Verdict
+    from elastic_healthcheck._torchrun.record import RankSnapshot
+    from elastic_healthcheck._torchrun.verdict import group_status
 
-    from ..detail_sample import torchrun_detail
-
-    detail = torchrun_detail()
-    record = next(iter(detail["ranks"].values()))
-    detail["ranks"] = {str(local): dict(record, rank=local) for local in range(ranks)}
-    detail["suspect_ranks"] = ["1"]
-    status = HealthStatus(Verdict.DEAD, 60.0, 1.0, 75.0, None, detail)
-    probes = dict.fromkeys(Verdict, 1)
-    return render_metrics(status, probes).decode()
+    now = 1_795_600_300.0
+    snapshots = {
+        str(local): RankSnapshot(
+            spawn_time=now - 900,
+            pid=4100 + local,
+            global_rank=local,
+            progress_time=now - (80.25 if local == 1 else 75.5),
+            steps=120,
+            entered=239 if local == 1 else 240,
+            depth=0 if local == 1 else 1,
+            collective=None if local == 1 else "all_reduce",
+            collective_since=0.0 if local == 1 else now - 75.0,
+        )
+        for local in range(ranks)
+    }
+    status = group_status(
+        phase="running",
+        now=now,
+        timeout=60.0,
+        startup_timeout=1800.0,
+        group_start=now - 900,
+        ranks=snapshots,
+        extra={"restarts": 1, "hang_restarts": 0, "run_id": "job-42"},
+    )
+    return render_metrics(status, dict.fromkeys(Verdict, 1)).decode()
 
 
 def test_deploy_metric_table_lists_every_family_and_label_value():
@@ -481,7 +500,7 @@ def test_deploy_metric_table_lists_every_family_and_label_value():
             assert re.search(rf"^{name}{{.*\b{label}=", text, re.MULTILINE), (name, label)
         label = (code_spans(labels) or [""])[-1]
         values = set(re.findall(rf'^{name}{{.*\b{label}="([^"]+)"', text, re.MULTILINE))
-        if name.endswith(("_state", "_phase")):  # the row names every value of the label
+        if name.endswith(("_rank_state", "_agent_phase")):  # the row names every value
             assert set(code_spans(meaning)) == values, name
 
 

@@ -18,6 +18,7 @@ from elastic_healthcheck._config.settings import (
     read,
     setting,
 )
+from elastic_healthcheck._torchrun.verdict import DEFAULT_PHASE_TIMEOUT
 
 TIMEOUT = "ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT"
 PORT = "ELASTIC_HEALTHCHECK_PORT"
@@ -48,6 +49,8 @@ def test_the_torch_integration_s_constants_are_the_table_s():
     assert torchelastic.ENV_ON_HANG == setting("torchrun", "on_hang").variable
     assert torchelastic.DEFAULT_STARTUP_TIMEOUT == setting("torchrun", "startup_timeout").default
     assert torchelastic.ON_HANG == setting("torchrun", "on_hang").type.choices  # type: ignore[attr-defined]
+    assert torchelastic.ENV_PHASE_TIMEOUT == setting("torchrun", "phase_timeout").variable
+    assert DEFAULT_PHASE_TIMEOUT == setting("torchrun", "phase_timeout").default
 
 
 def test_the_phase_timeout_and_the_plugin_switch_are_known():
@@ -100,9 +103,9 @@ def test_an_argument_s_variable_is_not_even_parsed():
         ({}, {}, {TIMEOUT: "0"}, f"{TIMEOUT}='0' is not a number of seconds > 0"),
         ({}, {"timeout": "60"}, {}, "timeout='60' is not a number of seconds > 0"),
         ({}, {}, {TIMEOUT: "nan"}, f"{TIMEOUT}='nan' is not a number of seconds > 0"),
-        ({"--health-port": "http"}, {}, {}, "--health-port='http' is not a port number (0 to"),
-        ({}, {"port": 70000}, {}, "port=70000 is not a port number (0 to 65535)"),
-        ({}, {}, {TORCH_PORT: "x"}, f"{TORCH_PORT}='x' is not a port number"),
+        ({"--health-port": "http"}, {}, {}, "invalid port 'http' from --health-port: expected"),
+        ({}, {"port": 70000}, {}, "invalid port 70000 from port: expected 0 to 65535"),
+        ({}, {}, {TORCH_PORT: "x"}, f"invalid port 'x' from {TORCH_PORT}"),
         ({}, {"on_hang": "reboot"}, {}, "on_hang='reboot' is not one of report, restart"),
         ({}, {"bootstrap": "no"}, {}, "bootstrap='no' is not True or False"),
         (

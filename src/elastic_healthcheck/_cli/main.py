@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from .._config.options import TorchrunOptions
+    from .._config.settings import Setting
     from ..health_check_server import HealthCheckServer
     from .probe import ProbeResult
 
@@ -42,14 +43,24 @@ def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
     for row in SETTINGS:
         if row.command != command or row.flag is None:
             continue
-        meaning = row.meaning.replace("`", "")
-        if row.flag_value is not None:
+        if row.flag_value is not None:  # a switch: giving it sets the row's value
             parser.add_argument(
-                row.flag, dest=row.name, action="store_const", const=True, help=meaning
+                row.flag, dest=row.name, action="store_const", const=True, help=_help(row)
             )
         else:
-            help = f"{meaning} (default: {row.shown})"
-            parser.add_argument(row.flag, dest=row.name, metavar=row.metavar, help=help)
+            parser.add_argument(row.flag, dest=row.name, metavar=row.metavar, help=_help(row))
+
+
+def _help(row: Setting) -> str:
+    """``--help``'s line for a row: its meaning, default and variable."""
+    meaning = row.meaning.replace("`", "")
+    if row.flag_value is not None:
+        value = "1" if row.flag_value is True else "0"
+        return f"{meaning} ({row.variable}={value} does the same)"
+    if row.fallback:  # no default of its own: the variable, else torch's
+        return f"{meaning} (variable {row.variable}, else {row.fallback})"
+    also = f"; variable {row.variable}" if row.variable else ""
+    return f"{meaning} (default: {row.shown}{also})"
 
 
 def _flags(args: argparse.Namespace, command: str) -> dict[str, object]:

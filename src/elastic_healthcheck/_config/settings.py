@@ -9,8 +9,8 @@ applies the one precedence rule to any of them::
 A variable that is set but blank counts as unset. Each value goes through its
 :class:`ValueType`, which parses text (a flag, a variable) and checks a Python value (an
 argument) with the same rule and the same message: ``SOURCE=VALUE is not WHAT``, naming
-the flag, argument or variable it came from. Every mistake is one
-:class:`ConfigurationError`, a ``ValueError``.
+the flag, argument or variable it came from (a port: ``invalid port VALUE from SOURCE``).
+Every mistake is one :class:`ConfigurationError`, a ``ValueError``.
 
 Cheap on purpose: ``probe`` reads its timeout through here, and Docker starts it every few
 seconds. No dataclasses, no typing, no inspect.
@@ -126,6 +126,10 @@ class Port(ValueType):
 
     expected = "a port number (0 to 65535)"
     metavar = "PORT"
+
+    def error(self, source: str, value: object) -> ConfigurationError:
+        # Worded as argparse words it, which the command line has always printed.
+        return ConfigurationError(f"invalid port {value!r} from {source}: expected 0 to 65535")
 
     def parse(self, text: str, source: str) -> int:
         # isdigit() alone accepts "²" (which int() refuses) and full-width digits (which it reads).
@@ -384,7 +388,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "torchrun", "phase_timeout", _POSITIVE, DEFAULT_PHASE_TIMEOUT,
-        "seconds a rank may stay inside an evaluation or checkpoint phase without a sign of life",
+        "seconds a rank may stay inside an evaluation, a checkpoint or a named phase without"
+        " a sign of life",
         flag="--health-phase-timeout", variable=ENV_PREFIX + "TORCHRUN_PHASE_TIMEOUT",
         argument=True,
     ),
@@ -402,8 +407,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "torchrun", "bootstrap", _FLAG, True,
-        "start workers through the bootstrap; the flag starts them as plain torchrun does"
-        " (progress then comes only from `beat()`)",
+        "start workers as plain torchrun does, without the bootstrap (progress then comes"
+        " only from `beat()`)",
         flag="--health-no-bootstrap", flag_value=False, variable=ENV_PREFIX + "TORCHRUN_BOOTSTRAP",
         argument=True, shown="bootstrap on",
     ),
