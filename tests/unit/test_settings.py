@@ -50,6 +50,7 @@ def test_the_torch_integration_s_constants_are_the_table_s():
     assert torchelastic.DEFAULT_STARTUP_TIMEOUT == setting("torchrun", "startup_timeout").default
     assert torchelastic.ON_HANG == setting("torchrun", "on_hang").type.choices  # type: ignore[attr-defined]
     assert torchelastic.ENV_PHASE_TIMEOUT == setting("torchrun", "phase_timeout").variable
+    assert torchelastic.ENV_FRESH_STORE == setting("torchrun", "fresh_store").variable
     assert DEFAULT_PHASE_TIMEOUT == setting("torchrun", "phase_timeout").default
 
 
@@ -156,6 +157,7 @@ def test_torchrun_defaults():
         True,
         True,
     )
+    assert options.fresh_store is True
     assert options.server_options == {}
 
 
