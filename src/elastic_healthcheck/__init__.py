@@ -9,8 +9,12 @@ __version__ = "0.1.0"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from ._config.kinds import ConfigurationError as ConfigurationError
     from ._config.kinds import available_kinds as available_kinds
+    from ._config.settings import ConfigurationError as ConfigurationError
+    from ._engine.protocol import BaseProtocol as BaseProtocol
+    from ._engine.protocol import Services as Services
+    from ._engine.protocol import Transport as Transport
+    from ._engine.server import SocketHealthCheckServer as SocketHealthCheckServer
     from ._http.server import HTTPHealthCheckServer as HTTPHealthCheckServer
     from ._tcp.server import TCPHealthCheckServer as TCPHealthCheckServer
     from .health_check_server import HealthCheckServer as HealthCheckServer
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_FUTURE_SKEW",
+    "BaseProtocol",
     "ConfigurationError",
     "HTTPHealthCheckServer",
     "HealthCheckServer",
@@ -35,7 +40,10 @@ __all__ = [
     "HeartbeatFile",
     "HeartbeatFileReader",
     "ProgressTracker",
+    "Services",
+    "SocketHealthCheckServer",
     "TCPHealthCheckServer",
+    "Transport",
     "Verdict",
     "__version__",
     "available_kinds",
@@ -48,9 +56,15 @@ __all__ = [
 
 # Public name -> the module that defines it.
 _LAZY = {
+    # The base a team subclasses to serve its own protocol (docs/api.md), and what its
+    # protocol is given: the engine's own names, public here.
+    "SocketHealthCheckServer": "._engine.server",
+    "BaseProtocol": "._engine.protocol",
+    "Services": "._engine.protocol",
+    "Transport": "._engine.protocol",
     "HTTPHealthCheckServer": "._http.server",
     "TCPHealthCheckServer": "._tcp.server",
-    "ConfigurationError": "._config.kinds",
+    "ConfigurationError": "._config.settings",
     "available_kinds": "._config.kinds",
     "HeartbeatFile": ".progress",
     "HeartbeatFileReader": ".progress",

@@ -354,32 +354,30 @@ def install(
 ) -> Integration:
     """Make torch's elastic agents in this process serve real health checks.
 
+    Every argument left ``None`` comes from its ``ELASTIC_HEALTHCHECK_*`` variable, else its
+    default (``docs/configuration.md``; the table is ``_config.settings.SETTINGS``).
+
     Args:
-        kind: The server kind (``http``, ``tcp`` or a plugin's); default:
-            ``ELASTIC_HEALTHCHECK_SERVER``, else ``http``.
+        kind: The server kind (``http``, ``tcp`` or a plugin's); default ``http``.
         port: Listen now, on this port, so that health checks answer before the first
-            rendezvous. Default: ``TORCHELASTIC_HEALTH_CHECK_PORT`` if set; otherwise the
-            server starts when the agent first asks for one (and only if it does).
-        timeout: Seconds without progress before dead; default:
-            ``ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT``, else the 60 s torch passes.
+            rendezvous; else ``ELASTIC_HEALTHCHECK_PORT``, else torch's
+            ``TORCHELASTIC_HEALTH_CHECK_PORT``; without any, the server starts when the
+            agent first asks for one (and only if it does).
+        timeout: Seconds without progress before dead; default: the 60 s torch passes.
         startup_timeout: Seconds from a worker group's spawn during which ranks that have
-            made no progress yet count as starting (answer 200); default:
-            ``ELASTIC_HEALTHCHECK_TORCHRUN_STARTUP_TIMEOUT``, else 1800.
+            made no progress yet count as starting (answer 200); default 1800.
         bootstrap: Start workers through the bootstrap that counts optimizer steps and
-            notes collectives (no change to the script needed); default:
-            ``ELASTIC_HEALTHCHECK_TORCHRUN_BOOTSTRAP`` (``0`` turns it off), else on.
-        on_hang: ``report`` (answer 503, log the stacks) or ``restart`` (also end the
-            hung worker group so that torchrun restarts it); default:
-            ``ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG``, else ``report``.
+            notes collectives (no change to the script needed); default on.
+        on_hang: ``report`` (answer 503, log the stacks; the default) or ``restart`` (also
+            end the hung worker group so that torchrun restarts it).
         phase_timeout: Seconds a rank may stay inside an evaluation, a checkpoint or a
             named phase without a sign of life (unless the phase sets its own deadline);
-            default: ``ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT``, else 1800.
+            default 1800.
         fresh_store: Give the workers a new store at every rendezvous round, so that a
             restarted group cannot read its dead predecessors' addresses (torch keeps one
-            store for all rounds); default: ``ELASTIC_HEALTHCHECK_TORCHRUN_FRESH_STORE``
-            (``0`` keeps torch's), else on. Every node of a job must agree.
-        options: Server options (``host``, ``callback_timeout``, ...), as for the kind;
-            ``ELASTIC_HEALTHCHECK_<OPTION>`` variables apply too.
+            store for all rounds); default on. Every node of a job must agree.
+        options: Server options (``host``, ``debug``, ``callback_timeout``, ...), as for
+            the kind; ``ELASTIC_HEALTHCHECK_<OPTION>`` variables apply too.
 
     Returns:
         The :class:`Integration`; ``uninstall()`` it, or use it in a ``with`` block.
@@ -387,76 +385,45 @@ def install(
     Raises:
         ImportError: torch is not installed (the message names the extra to install).
         RuntimeError: An integration is installed already.
-        ValueError: An argument (or its variable) is malformed.
+        ValueError: (``ConfigurationError``) an argument or an ``ELASTIC_HEALTHCHECK_*``
+            variable cannot be used (an unknown variable included); one line says which.
     """
     global _installed
-    if timeout is None and os.environ.get(ENV_TIMEOUT, "").strip():
-        timeout = _number(ENV_TIMEOUT, os.environ[ENV_TIMEOUT])
-    if port is None and os.environ.get(ENV_PORT, "").strip():
-        port = int(_number(ENV_PORT, os.environ[ENV_PORT], integer=True))
-    if startup_timeout is None:
-        text = os.environ.get(ENV_STARTUP_TIMEOUT, "").strip()
-        startup_timeout = _number(ENV_STARTUP_TIMEOUT, text) if text else DEFAULT_STARTUP_TIMEOUT
-    if phase_timeout is None:
-        text = os.environ.get(ENV_PHASE_TIMEOUT, "").strip()
-        phase_timeout = _number(ENV_PHASE_TIMEOUT, text) if text else DEFAULT_PHASE_TIMEOUT
-    if bootstrap is None:
-        bootstrap = _flag(ENV_BOOTSTRAP)
-    if fresh_store is None:
-        fresh_store = _flag(ENV_FRESH_STORE)
-    if on_hang is None:
-        on_hang = os.environ.get(ENV_ON_HANG, "").strip() or "report"
-        if on_hang not in ON_HANG:
-            raise ValueError(f"{ENV_ON_HANG}={on_hang!r} is not one of {', '.join(ON_HANG)}")
-    if on_hang not in ON_HANG:
-        raise ValueError(f"on_hang={on_hang!r} is not one of {', '.join(ON_HANG)}")
-    for name, value in (
-        ("timeout", timeout),
-        ("startup_timeout", startup_timeout),
-        ("phase_timeout", phase_timeout),
-    ):
-        if value is not None and not (0 <= value < float("inf")):
-            raise ValueError(f"{name}={value!r} must be a finite number of seconds >= 0")
+    from ._config.options import torchrun_options
+
+    arguments: dict[str, object] = {
+        "kind": kind,
+        "port": port,
+        "timeout": timeout,
+        "startup_timeout": startup_timeout,
+        "phase_timeout": phase_timeout,
+        "bootstrap": bootstrap,
+        "on_hang": on_hang,
+        "fresh_store": fresh_store,
+        **options,
+    }
+    settings = torchrun_options(arguments=arguments, environ=os.environ)
     with _lock:
         if _installed is not None:
             raise RuntimeError("the elastic-healthcheck torch integration is installed already")
         integration = Integration(
-            kind,
-            port,
-            timeout,
-            options,
-            startup_timeout=startup_timeout,
-            bootstrap=bootstrap,
-            on_hang=on_hang,
-            phase_timeout=phase_timeout,
-            fresh_store=fresh_store,
+            settings.kind,
+            settings.port,
+            settings.timeout,
+            settings.server_options,
+            startup_timeout=settings.startup_timeout,
+            bootstrap=settings.bootstrap,
+            on_hang=settings.on_hang,
+            phase_timeout=settings.phase_timeout,
+            fresh_store=settings.fresh_store,
         )
         _installed = integration
     try:
-        if port is not None:
+        if settings.port is not None:
             # Listen before importing torch (1-3 s): probes answer "starting" meanwhile.
-            integration._open(port)
+            integration._open(settings.port)
         integration._patch()
     except BaseException:
         integration.uninstall()
         raise
     return integration
-
-
-def _flag(name: str) -> bool:
-    """A variable that is on unless it says off (blank: on)."""
-    text = os.environ.get(name, "").strip().lower()
-    if text not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
-        raise ValueError(f"{name}={text!r} is not 0 or 1")
-    return text not in ("0", "false", "no", "off")
-
-
-def _number(name: str, text: str, integer: bool = False) -> float:
-    try:
-        value = int(text) if integer else float(text)
-    except ValueError:
-        kind = "an integer" if integer else "a number of seconds"
-        raise ValueError(f"{name}={text!r} is not {kind}") from None
-    if value < 0 or value != value:
-        raise ValueError(f"{name}={text!r} must not be negative")
-    return value

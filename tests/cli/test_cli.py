@@ -98,14 +98,30 @@ def test_python_dash_m_is_the_same_command():
         pytest.param(["probe", "https://x:1"], "unsupported scheme 'https'", id="https"),
         pytest.param(["probe", "x:0"], "port must be a number from 1 to 65535", id="port-zero"),
         pytest.param(
-            ["probe", "--timeout", "-1", "x:1"], "invalid duration '-1'", id="bad-timeout"
+            ["probe", "--timeout", "-1", "x:1"],
+            "--timeout='-1' is not a number of seconds > 0 and at most 86400",
+            id="bad-timeout",
         ),
-        pytest.param(["serve", "--port", "70000"], "invalid port '70000'", id="port-range"),
-        pytest.param(["serve", "--timeout", "soon"], "invalid duration 'soon'", id="bad-duration"),
         pytest.param(
-            ["serve", "--callback-timeout", "0"], "invalid duration '0'", id="zero-deadline"
+            ["serve", "--port", "70000"],
+            "invalid port '70000' from --port: expected 0 to 65535",
+            id="port-range",
         ),
-        pytest.param(["serve", "--kind", "nope"], "nope", id="unknown-kind"),
+        pytest.param(
+            ["serve", "--timeout", "soon"],
+            "--timeout='soon' is not a number of seconds > 0",
+            id="bad-duration",
+        ),
+        pytest.param(
+            ["serve", "--callback-timeout", "0"],
+            "--callback-timeout='0' is not a number of seconds > 0",
+            id="zero-deadline",
+        ),
+        pytest.param(
+            ["serve", "--kind", "nope"],
+            "--kind='nope' is not a known health check server kind",
+            id="unknown-kind",
+        ),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(args, message):
@@ -159,7 +175,7 @@ def test_heartbeat_file_drives_the_verdict(serving, tmp_path):
     assert stale["age"] > 100
     heartbeat.unlink()
     missing = _probe_until(target, "unknown")
-    assert missing["reason"] == "callback raised FileNotFoundError"
+    assert missing["reason"] == f"callback raised FileNotFoundError for {heartbeat}"
     assert server.finish()[0] == 0
 
 

@@ -38,16 +38,24 @@ def _one_line_error(result: subprocess.CompletedProcess[str], code: int, message
     [
         pytest.param(
             ["probe", "--timeout", "1e9", "127.0.0.1:1"],
-            "invalid duration '1e9': expected seconds > 0, at most 86400",
+            "--timeout='1e9' is not a number of seconds > 0 and at most 86400",
             id="probe-timeout-past-a-day",
         ),
-        pytest.param(["serve", "--timeout", "0"], "invalid duration '0'", id="serve-timeout-0"),
+        pytest.param(
+            ["serve", "--timeout", "0"],
+            "--timeout='0' is not a number of seconds > 0",
+            id="serve-timeout-0",
+        ),
         pytest.param(
             ["serve", "--kind", "noop"], "--kind noop is torch's no-op server", id="serve-noop"
         ),
-        pytest.param(["serve", "--port", "²"], "invalid port '²'", id="superscript-port"),
         pytest.param(
-            ["serve", "--port", "８０８０"], "invalid port '８０８０'", id="full-width-port"
+            ["serve", "--port", "²"], "invalid port '²' from --port", id="superscript-port"
+        ),
+        pytest.param(
+            ["serve", "--port", "８０８０"],
+            "invalid port '８０８０' from --port",
+            id="full-width-port",
         ),
         pytest.param(["probe", "127.0.0.1:²"], "port must be a number", id="superscript-target"),
     ],
@@ -77,8 +85,34 @@ def test_heartbeat_file_that_is_a_directory_is_a_usage_error(tmp_path):
     ("args", "env", "message"),
     [
         pytest.param(["--health-kind", "bogus"], {}, "--health-kind='bogus'", id="kind"),
-        pytest.param(["--health-timeout", "0"], {}, "invalid duration '0'", id="timeout-0"),
-        pytest.param(["--health-port", "８０"], {}, "invalid port", id="port"),
+        pytest.param(
+            ["--health-timeout", "0"],
+            {},
+            "--health-timeout='0' is not a number of seconds > 0",
+            id="timeout-0",
+        ),
+        pytest.param(
+            ["--health-port", "８０"], {}, "invalid port '８０' from --health-port", id="port"
+        ),
+        pytest.param(
+            ["--health-on-hang", "reboot"],
+            {},
+            "--health-on-hang='reboot' is not one of report, restart",
+            id="on-hang",
+        ),
+        pytest.param(
+            [],
+            {"ELASTIC_HEALTHCHECK_TORCHRUN_TIMOUT": "5"},
+            "ELASTIC_HEALTHCHECK_TORCHRUN_TIMOUT is not a variable elastic-healthcheck reads:"
+            " did you mean ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT?",
+            id="env-typo",
+        ),
+        pytest.param(
+            [],
+            {"ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT": "-1"},
+            "ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT='-1' is not a number of seconds > 0",
+            id="phase-timeout",
+        ),
         pytest.param(
             ["--health-kind", "noop", "--health-host", "::1"],
             {},

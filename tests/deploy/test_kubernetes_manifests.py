@@ -187,3 +187,55 @@ def test_training_job_relabeling(kubeflow, batch, expected):
 def test_docs_show_the_same_relabeling():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
     assert 'regex: "([^;]+);.*|;(.+)"' in docs
+
+
+def _probes(node: object) -> list[tuple[str, dict[str, Any]]]:
+    """Every (kind, probe) with an httpGet under ``node``: startupProbe, livenessProbe, ..."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.endswith("Probe") and isinstance(value, dict) and "httpGet" in value:
+                found.append((key, value))
+            else:
+                found.extend(_probes(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(_probes(item))
+    return found
+
+
+def _documented_probes() -> list[tuple[str, str, dict[str, Any]]]:
+    from ..docs.markdown import blocks, documents
+
+    found = []
+    for path in documents():
+        for block in blocks(path):
+            if block.language == "yaml":
+                for kind, probe in _probes(yaml.safe_load(block.text)):
+                    found.append((block.where, kind, probe))
+    return found
+
+
+def test_documented_probes_are_the_manifests_probes():
+    """README, docs and manifests size the kubelet's HTTP probes alike (exec probes, which
+    start an interpreter, are their own)."""
+    (container,) = _documents("torchrun-job.yaml")[1]["spec"]["template"]["spec"]["containers"]
+    reference = dict(_probes(container))
+    documented = _documented_probes()
+    assert {kind for _, kind, _ in documented} == set(reference), documented
+    for where, kind, probe in documented:
+        assert probe == reference[kind], (where, kind, probe, reference[kind])
+
+
+@pytest.mark.parametrize(("name", "template"), _pod_templates(), ids=lambda v: str(v)[:40])
+def test_every_manifest_sizes_its_probes_alike(name, template):
+    """Only --health-on-hang restart widens the liveness window (to give its restart time)."""
+    (container,) = _documents("torchrun-job.yaml")[1]["spec"]["template"]["spec"]["containers"]
+    reference = dict(_probes(container))
+    (mine,) = template["spec"]["containers"]
+    probes = dict(_probes(mine))
+    assert probes["startupProbe"] == reference["startupProbe"]
+    expected = dict(reference["livenessProbe"])
+    if _options(mine["command"]).get("--health-on-hang") == "restart":
+        expected["failureThreshold"] = probes["livenessProbe"]["failureThreshold"]
+    assert probes["livenessProbe"] == expected

@@ -315,3 +315,27 @@ def test_normalise_keeps_what_matters():
     assert normalise(documented) != normalise("node1:8080 dead 12.5s 0.9ms")
     assert normalise('{"age":0.85,"status":"alive"}') == normalise('{"age":3,"status":"alive"}')
     assert normalise('{"timeout":60.0}') != normalise('{"timeout":30.0}')
+
+
+_LINK = re.compile(r"\]\((?!https?://|mailto:)([^)\s]+)\)")
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``path``: lower case, punctuation dropped."""
+    anchors = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("path", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(path):
+    """Moving a section to another page cannot leave a link behind."""
+    for target in _LINK.findall(path.read_text(encoding="utf-8")):
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        assert linked.exists(), f"{path.name}: {target}"
+        if anchor and linked.suffix == ".md":
+            assert anchor in _anchors(linked), f"{path.name}: {target}"

@@ -24,10 +24,11 @@ from collections.abc import Callable
 import pytest
 
 import elastic_healthcheck
-from elastic_healthcheck import HTTPHealthCheckServer, check_liveness
+from elastic_healthcheck import HTTPHealthCheckServer, Verdict, check_liveness
 from elastic_healthcheck._cli.main import build_parser, main
 from elastic_healthcheck._cli.probe import parse_target, probe
 from elastic_healthcheck._config.kinds import BUILTIN_KINDS, ENV_PREFIX, _options, resolve_kind
+from elastic_healthcheck._config.settings import SETTINGS
 
 from . import test_examples
 from .markdown import ROOT, Table, code_spans, documents, tables
@@ -72,10 +73,12 @@ def _get(path: str, method: str = "GET", extra: str = "") -> bytes:
 
 @pytest.fixture
 def servers():
+    # A generous callback deadline: these tests read the tables, and on a loaded machine
+    # the default 0.5 s could turn an alive answer into "unknown".
     alive = HTTPHealthCheckServer(
-        lambda: int(time.time()), 0, 60, host="127.0.0.1", client_timeout=0.5
+        lambda: int(time.time()), 0, 60, host="127.0.0.1", client_timeout=0.5, callback_timeout=5
     )
-    dead = HTTPHealthCheckServer(lambda: 0, 0, 60, host="127.0.0.1")
+    dead = HTTPHealthCheckServer(lambda: 0, 0, 60, host="127.0.0.1", callback_timeout=5)
     alive.start()
     dead.start()
     try:
@@ -165,8 +168,8 @@ def _check_malformed(port: int, answer: str) -> None:
 def test_headers_every_response_has(servers):
     """The sentence under the request table names the headers of every response."""
     alive, _ = servers
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"Every response has (.*?)\.\s", readme, re.DOTALL)
+    page = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
+    match = re.search(r"Every response has (.*?)\.\s", page, re.DOTALL)
     assert match is not None
     sentence = " ".join(match.group(1).split())
     named = code_spans(sentence)
@@ -240,7 +243,12 @@ LIVENESS: dict[str, Callable[[float], object]] = {
     "returned `None`, a string, `True`/`False`, ...": lambda now: None,
     "returned NaN or an infinity": lambda now: math.nan,
     "raised an exception": lambda now: _raise(),
+    "raised an `OSError` about a file": lambda now: _missing_file(),
 }
+
+
+def _missing_file() -> float:
+    raise FileNotFoundError(2, "No such file or directory", "/run/health/progress")
 
 
 def _live(returns: Callable[[float], object]) -> Callable[[], int]:
@@ -263,7 +271,7 @@ def test_liveness_table():
         assert status.reason == (None if reason == "None" else reason), row
         if "age 0" in verdict_cell:
             assert status.age == 0.0
-        server = HTTPHealthCheckServer(_live(returns), 0, 60, host="127.0.0.1")
+        server = HTTPHealthCheckServer(_live(returns), 0, 60, host="127.0.0.1", callback_timeout=5)
         with server:
             code, _, body = _exchange(server.port, _get("/healthz"))
         answer = json.loads(body)
@@ -283,22 +291,27 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def test_cli_flag_table():
+    """Every flag of every command is documented, with the default the settings table has."""
     (table,) = _tables("command", "flag", "default", "meaning")
     documented: dict[tuple[str, frozenset[str]], str] = {}
     for command, flag, default, _ in table.rows:
         names = frozenset(span.split(" ")[0] for span in code_spans(flag))
         documented[_span(command), names] = default
-    real: dict[tuple[str, frozenset[str]], object] = {}
+    real: dict[tuple[str, frozenset[str]], argparse.Action] = {}
     for command, sub in _subparsers(build_parser()).items():
         for action in sub._actions:
             if action.option_strings and not isinstance(action, argparse._HelpAction):
-                real[command, frozenset(action.option_strings)] = action.default
+                real[command, frozenset(action.option_strings)] = action
     assert set(documented) == set(real)
-    for key, value in real.items():
-        if value is None or value is False:
-            continue  # "none", "off", or a default that lives elsewhere (the server's)
-        shown = _span(documented[key])
-        assert shown == value or float(shown) == value, (key, shown, value)
+    rows = {(row.command, row.flag): row for row in SETTINGS if row.flag is not None}
+    for (command, names), default in documented.items():
+        row = rows.get((command, next(iter(names))))
+        if row is None:  # a flag outside the table: an output switch, off by default
+            assert default == "off", (command, names)
+            continue
+        spans = code_spans(default)
+        shown = spans[0] if spans else default
+        assert shown == row.shown, (command, names, shown, row.shown)
 
 
 def test_exit_status_table(servers, capsys):
@@ -309,8 +322,9 @@ def test_exit_status_table(servers, capsys):
     assert main(["probe", "127.0.0.1:1"]) == 1  # refused
     with socket.create_server(("127.0.0.1", 0)) as taken:
         assert main(["serve", "--host", "127.0.0.1", "--port", str(taken.getsockname()[1])]) == 1
-    with pytest.raises(SystemExit) as usage:
-        main(["probe", "--timeout", "soon", "127.0.0.1:1"])
+    assert main(["probe", "--timeout", "soon", "127.0.0.1:1"]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse's own mistakes: the same status
+        main(["probe"])
     assert usage.value.code == 2
     capsys.readouterr()
 
@@ -392,3 +406,118 @@ def test_benchmark_script_table():
 def test_stand_in_table():
     (table,) = _tables("stand-in", "what it is")
     assert [_span(row[0]) for row in table.rows] == test_examples.STAND_INS
+
+
+# -- configuration: one table in the code, the same table in the docs ------------------------
+
+
+def test_configuration_table_is_the_settings_table():
+    """docs/configuration.md lists every setting: its variable, flag, argument and default."""
+    (table,) = _tables("command", "variable", "flag", "install()", "default", "meaning")
+    documented = []
+    for command, variable, flag, argument, default, _ in table.rows:
+        spans = code_spans(default)
+        documented.append(
+            (
+                _span(command),
+                code_spans(variable)[0] if code_spans(variable) else None,
+                code_spans(flag)[0] if code_spans(flag) else None,
+                code_spans(argument)[0].rstrip("=") if code_spans(argument) else None,
+                spans[0] if spans else default,
+            )
+        )
+    real = [
+        (
+            row.command,
+            row.variable,
+            row.flag,
+            row.name if row.argument else None,
+            row.shown,
+        )
+        for row in SETTINGS
+    ]
+    assert documented == real
+
+
+def test_torchrun_option_table_agrees_with_the_settings_table():
+    """docs/torchrun.md's options: each row's flag, variable, argument and default as the
+    table has them (its other columns are that page's own)."""
+    (table,) = _tables("flag", "variable", "install()", "default", "meaning")
+    rows = {row.flag: row for row in SETTINGS if row.command == "torchrun" and row.flag}
+    assert table.rows
+    for flag, variable, argument, default, _ in table.rows:
+        row = rows[_span(flag).split(" ")[0]]
+        assert _span(variable).split("=")[0] == row.variable, flag
+        assert _span(argument).split("=")[0] == row.name, flag
+        assert default.split(" ")[0].strip("`") in (row.shown, row.shown.split(" ")[0]), flag
+
+
+# -- deploying: the metrics a node exposes ---------------------------------------------------
+
+
+def _torchrun_metrics(ranks: int) -> str:
+    """/metrics of a real dead verdict with ``ranks`` local ranks: rank 1 hung in compute,
+    the others waiting for it in all_reduce (as the integration builds it)."""
+    from elastic_healthcheck._http.prometheus import render_metrics
+    from elastic_healthcheck._torchrun.record import RankSnapshot
+    from elastic_healthcheck._torchrun.verdict import group_status
+
+    now = 1_795_600_300.0
+    snapshots = {
+        str(local): RankSnapshot(
+            spawn_time=now - 900,
+            pid=4100 + local,
+            global_rank=local,
+            progress_time=now - (80.25 if local == 1 else 75.5),
+            steps=120,
+            entered=239 if local == 1 else 240,
+            depth=0 if local == 1 else 1,
+            collective=None if local == 1 else "all_reduce",
+            collective_since=0.0 if local == 1 else now - 75.0,
+        )
+        for local in range(ranks)
+    }
+    status = group_status(
+        phase="running",
+        now=now,
+        timeout=60.0,
+        startup_timeout=1800.0,
+        group_start=now - 900,
+        ranks=snapshots,
+        extra={"restarts": 1, "hang_restarts": 0, "run_id": "job-42"},
+    )
+    return render_metrics(status, dict.fromkeys(Verdict, 1)).decode()
+
+
+def test_deploy_metric_table_lists_every_family_and_label_value():
+    (table,) = _tables("metric", "type", "labels", "meaning")
+    text = _torchrun_metrics(2)
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+    for metric, kind, labels, meaning in table.rows:
+        name = _span(metric)
+        assert types.get(name) == kind, name
+        for label in code_spans(labels):
+            assert re.search(rf"^{name}{{.*\b{label}=", text, re.MULTILINE), (name, label)
+        label = (code_spans(labels) or [""])[-1]
+        values = set(re.findall(rf'^{name}{{.*\b{label}="([^"]+)"', text, re.MULTILINE))
+        if name.endswith(("_rank_state", "_agent_phase")):  # the row names every value
+            assert set(code_spans(meaning)) == values, name
+
+
+def test_deploy_series_count_is_what_a_node_exposes():
+    page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    match = re.search(
+        r"A node with (\d+) local ranks exposes\s+(\d+) series: (\d+) for the verdict, (\d+)"
+        r" for the agent and (\d+) per rank",
+        page,
+    )
+    assert match is not None
+    ranks, total, verdict, agent, per_rank = map(int, match.groups())
+
+    def series(text: str) -> int:
+        return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+    with_ranks, without = _torchrun_metrics(ranks), _torchrun_metrics(0)
+    assert series(with_ranks) == total == verdict + agent + ranks * per_rank
+    assert series(_torchrun_metrics(ranks + 1)) - series(with_ranks) == per_rank
+    assert series(without) == verdict + agent

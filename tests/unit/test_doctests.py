@@ -12,6 +12,8 @@ MODULES = [
     "elastic_healthcheck.progress",
     "elastic_healthcheck._http.server",
     "elastic_healthcheck._config.kinds",
+    "elastic_healthcheck._config.settings",
+    "elastic_healthcheck._config.options",
 ]
 
 

@@ -59,3 +59,23 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("module_name", PURE_MODULES)
 def test_pure_layers_import_no_io(module_name):
     assert not _imports(PACKAGE_DIR / f"{module_name}.py") & IO_MODULES
+
+
+def test_the_base_for_a_new_protocol_is_public():
+    """A team adding a protocol imports what it subclasses from the package, not its insides."""
+    names = {"SocketHealthCheckServer", "BaseProtocol", "Transport", "Services"}
+    assert names <= set(elastic_healthcheck.__all__)
+    base = elastic_healthcheck.SocketHealthCheckServer
+    assert issubclass(elastic_healthcheck.HTTPHealthCheckServer, base)
+    assert issubclass(elastic_healthcheck.TCPHealthCheckServer, base)
+    assert issubclass(base, elastic_healthcheck.HealthCheckServer)
+
+
+def test_import_loads_no_engine():
+    """The new names are lazy too: importing the package imports none of them."""
+    import subprocess
+    import sys
+
+    code = "import sys, elastic_healthcheck; print(sorted(m for m in sys.modules if '._' in m))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stdout

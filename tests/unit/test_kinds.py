@@ -25,6 +25,7 @@ from elastic_healthcheck._config.kinds import (
     resolve_kind,
 )
 from elastic_healthcheck._http.server import HTTPHealthCheckServer
+from elastic_healthcheck._tcp.server import TCPHealthCheckServer
 from elastic_healthcheck.health_check_server import HealthCheckServer, create_healthcheck_server
 
 SERVER = "ELASTIC_HEALTHCHECK_SERVER"
@@ -117,6 +118,17 @@ def plugin(tmp_path, monkeypatch):
         "http = eh_plugin_demo:DemoServer\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    # Only this distribution's kinds: another installed plugin (the docs' UDP example,
+    # say) must not change what these tests see.
+    real_entry_points = importlib.metadata.entry_points
+
+    def only_the_demo(*, group: str) -> importlib.metadata.EntryPoints:
+        found: importlib.metadata.EntryPoints = real_entry_points(group=group)
+        return importlib.metadata.EntryPoints(
+            ep for ep in found if ep.dist is not None and ep.dist.name == "eh_plugin_demo"
+        )
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", only_the_demo)
     yield
     sys.modules.pop("eh_plugin_demo", None)
 
@@ -211,9 +223,8 @@ def test_server_variable_selects_http(monkeypatch):
 
 
 def test_server_variable_selects_tcp(monkeypatch):
-    tcp = pytest.importorskip("elastic_healthcheck._tcp.server")
     monkeypatch.setenv(SERVER, "tcp")
-    assert type(create_healthcheck_server(alive, 0, 60)) is tcp.TCPHealthCheckServer
+    assert type(create_healthcheck_server(alive, 0, 60)) is TCPHealthCheckServer
 
 
 def test_server_variable_value_is_stripped(monkeypatch):
@@ -285,6 +296,27 @@ def test_available_kinds_lists_builtins_then_entry_points(plugin):
     assert available_kinds() == {**BUILTIN_KINDS, "demo": "eh_plugin_demo:DemoServer"}
 
 
+def test_another_installed_plugin_does_not_change_what_these_tests_see(plugin, tmp_path_factory):
+    """The docs' UDP plugin, installed next to the package, leaves these tests' kinds alone."""
+    elsewhere = tmp_path_factory.mktemp("site")
+    info = elsewhere / "acme_healthcheck_udp-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: acme-healthcheck-udp\nVersion: 0.1.0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[elastic_healthcheck.servers]\nudp = acme_healthcheck_udp:UDPHealthCheckServer\n"
+    )
+    sys.path.append(str(elsewhere))
+    try:
+        assert "udp" in {
+            ep.name for ep in importlib.metadata.distribution("acme-healthcheck-udp").entry_points
+        }
+        assert available_kinds() == {**BUILTIN_KINDS, "demo": "eh_plugin_demo:DemoServer"}
+    finally:
+        sys.path.remove(str(elsewhere))
+
+
 def test_builtin_name_wins_over_entry_point_of_same_name(plugin):
     assert resolve_kind("http") is HTTPHealthCheckServer
 
@@ -342,8 +374,8 @@ def test_environment_option_is_parsed_by_its_type(monkeypatch, suffix, raw, name
 
 
 BAD = [
-    ("FLAG", "maybe", "a bool (1, 0, true, false, yes, no, on or off)"),
-    ("FLAG", "2", "a bool (1, 0, true, false, yes, no, on or off)"),
+    ("FLAG", "maybe", "0 or 1 (nor true, false, yes, no, on or off)"),
+    ("FLAG", "2", "0 or 1 (nor true, false, yes, no, on or off)"),
     ("COUNT", "4.5", "an int"),
     ("COUNT", "ten", "an int"),
     ("RATIO", "fast", "a float"),
@@ -373,14 +405,13 @@ def test_environment_options_reach_the_http_server(monkeypatch):
 
 
 def test_tcp_takes_its_own_options_from_environment(monkeypatch):
-    tcp = pytest.importorskip("elastic_healthcheck._tcp.server")
     monkeypatch.setenv(SERVER, "tcp")
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_REFUSE_WHILE_DEAD", "yes")
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_RECHECK_INTERVAL", "0.5")
     server = create_healthcheck_server(alive, 0, 60)
-    assert type(server) is tcp.TCPHealthCheckServer
-    assert server._refuse_while_dead is True  # type: ignore[attr-defined]
-    assert server._recheck_interval == 0.5  # type: ignore[attr-defined]
+    assert type(server) is TCPHealthCheckServer
+    assert server._refuse_while_dead is True
+    assert server._recheck_interval == 0.5
 
 
 def test_keyword_argument_overrides_environment(monkeypatch):
@@ -434,20 +465,51 @@ def test_unknown_environment_option_is_an_error(monkeypatch):
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_HSOT", "127.0.0.1")
     with pytest.raises(ConfigurationError) as info:
         create_healthcheck_server(alive, 0, 60)
-    assert str(info.value).startswith(
-        "ELASTIC_HEALTHCHECK_HSOT is not an option of health check server kind 'http'"
-        " (from ELASTIC_HEALTHCHECK_SERVER); its options are"
+    assert str(info.value) == (
+        "ELASTIC_HEALTHCHECK_HSOT is not a variable elastic-healthcheck reads:"
+        " did you mean ELASTIC_HEALTHCHECK_HOST? (health check server kind 'http'"
+        " (from ELASTIC_HEALTHCHECK_SERVER) takes"
         " ELASTIC_HEALTHCHECK_CALLBACK_TIMEOUT, ELASTIC_HEALTHCHECK_CLIENT_TIMEOUT,"
         " ELASTIC_HEALTHCHECK_DEBUG, ELASTIC_HEALTHCHECK_HOST,"
-        " ELASTIC_HEALTHCHECK_MAX_CONNECTIONS."
+        " ELASTIC_HEALTHCHECK_MAX_CONNECTIONS)"
+    )
+
+
+def test_a_mistyped_torchrun_variable_is_an_error_naming_the_right_one(monkeypatch):
+    """The torchrun variables are known by name, not by prefix: a typo is caught."""
+    monkeypatch.setenv("ELASTIC_HEALTHCHECK_TORCHRUN_TIMOUT", "5")
+    with pytest.raises(ConfigurationError) as info:
+        create_healthcheck_server(alive, 0, 60, kind="http")
+    assert str(info.value).startswith(
+        "ELASTIC_HEALTHCHECK_TORCHRUN_TIMOUT is not a variable elastic-healthcheck reads:"
+        " did you mean ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT? ("
     )
 
 
 def test_every_unknown_environment_option_is_named_at_once(monkeypatch):
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_HSOT", "x")
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_PROT", "x")
-    with pytest.raises(ConfigurationError, match="HSOT, ELASTIC_HEALTHCHECK_PROT are not options"):
+    monkeypatch.setenv("ELASTIC_HEALTHCHECK_QQQQQQQQ", "x")
+    with pytest.raises(ConfigurationError) as info:
         create_healthcheck_server(alive, 0, 60, kind="http")
+    assert str(info.value).startswith(
+        "ELASTIC_HEALTHCHECK_HSOT, ELASTIC_HEALTHCHECK_PROT, ELASTIC_HEALTHCHECK_QQQQQQQQ"
+        " are not variables elastic-healthcheck reads: did you mean"
+        " ELASTIC_HEALTHCHECK_HOST (for ELASTIC_HEALTHCHECK_HSOT),"
+        " ELASTIC_HEALTHCHECK_PORT (for ELASTIC_HEALTHCHECK_PROT)? ("
+    )
+
+
+def test_an_option_of_another_kind_names_the_kind_s_options(monkeypatch):
+    monkeypatch.setenv("ELASTIC_HEALTHCHECK_AGENT_CHECK", "1")
+    with pytest.raises(ConfigurationError) as info:
+        create_healthcheck_server(alive, 0, 60, kind="http")
+    assert str(info.value) == (
+        "ELASTIC_HEALTHCHECK_AGENT_CHECK is not an option of health check server kind 'http';"
+        " its options are ELASTIC_HEALTHCHECK_CALLBACK_TIMEOUT,"
+        " ELASTIC_HEALTHCHECK_CLIENT_TIMEOUT, ELASTIC_HEALTHCHECK_DEBUG,"
+        " ELASTIC_HEALTHCHECK_HOST, ELASTIC_HEALTHCHECK_MAX_CONNECTIONS"
+    )
 
 
 def test_environment_option_with_default_noop_is_an_error(monkeypatch):
@@ -466,23 +528,29 @@ def test_environment_option_with_default_noop_is_an_error(monkeypatch):
     "key",
     [
         "ELASTIC_HEALTHCHECK_PORT",
-        "ELASTIC_HEALTHCHECK_TORCHRUN_ANYTHING",
+        "ELASTIC_HEALTHCHECK_TORCHRUN",
+        "ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT",
+        "ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT",
         "ELASTIC_HEALTHCHECK_WORKER_ANYTHING",
-        "ELASTIC_HEALTHCHECK_RANK_ANYTHING",
     ],
 )
-def test_reserved_variables_are_not_options(monkeypatch, key):
+def test_variables_read_elsewhere_are_not_options(monkeypatch, key):
     monkeypatch.setenv(key, "29500")
     assert type(create_healthcheck_server(alive, 0, 60)) is HealthCheckServer
 
 
-def test_reserved_variables_are_one_constant():
+def test_reserved_variables_are_those_the_settings_read_and_the_workers():
     assert RESERVED_ENV == (
-        "ELASTIC_HEALTHCHECK_SERVER",
         "ELASTIC_HEALTHCHECK_PORT",
-        "ELASTIC_HEALTHCHECK_TORCHRUN_",
+        "ELASTIC_HEALTHCHECK_SERVER",
+        "ELASTIC_HEALTHCHECK_TORCHRUN",
+        "ELASTIC_HEALTHCHECK_TORCHRUN_BOOTSTRAP",
+        "ELASTIC_HEALTHCHECK_TORCHRUN_FRESH_STORE",
+        "ELASTIC_HEALTHCHECK_TORCHRUN_ON_HANG",
+        "ELASTIC_HEALTHCHECK_TORCHRUN_PHASE_TIMEOUT",
+        "ELASTIC_HEALTHCHECK_TORCHRUN_STARTUP_TIMEOUT",
+        "ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT",
         "ELASTIC_HEALTHCHECK_WORKER_",
-        "ELASTIC_HEALTHCHECK_RANK_",
     )
 
 

@@ -21,7 +21,9 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("logging helper", ["log_level"]),
     ("logging helper", ["logging"]),
     ("status", ["status"]),
-    ("configuration: kinds by name, options", ["_config", "_config.kinds"]),
+    ("configuration: the settings table", ["_config.settings"]),
+    ("configuration: kinds by name", ["_config", "_config.kinds"]),
+    ("configuration: typed options", ["_config.options"]),
     ("torch-identical base", ["health_check_server"]),
     ("progress helpers", ["progress"]),
     (

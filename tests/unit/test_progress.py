@@ -185,7 +185,7 @@ def test_a_directory_is_never_a_heartbeat_file(tmp_path):
         HeartbeatFile(tmp_path)
     status = check_liveness(HeartbeatFileReader(tmp_path), timeout=60)
     assert status.verdict is Verdict.UNKNOWN
-    assert status.reason == "callback raised IsADirectoryError"
+    assert status.reason == f"callback raised IsADirectoryError for {tmp_path}"
 
 
 # (seconds since the last touch, whether beat() touches) with interval=10
@@ -382,10 +382,12 @@ def test_reader_returns_the_file_mtime_in_epoch_seconds(tmp_path):
     assert HeartbeatFileReader(path)() == NOW - 5
 
 
-def test_missing_file_is_unknown_not_a_crash(tmp_path):
-    reader = HeartbeatFileReader(tmp_path / "never-written")
-    status = check_liveness(reader, 60, clock=lambda: NOW)
-    assert status == HealthStatus(UNKNOWN, 60.0, reason="callback raised FileNotFoundError")
+def test_missing_file_is_unknown_not_a_crash_and_names_the_path(tmp_path):
+    """A typo in the path shows in every answer: the reason names the file it looked for."""
+    path = tmp_path / "never-written"
+    status = check_liveness(HeartbeatFileReader(path), 60, clock=lambda: NOW)
+    reason = f"callback raised FileNotFoundError for {path}"
+    assert status == HealthStatus(UNKNOWN, 60.0, reason=reason)
 
 
 # (mtime relative to the local clock, expected verdict, expected age) with timeout=60

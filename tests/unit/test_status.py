@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import subprocess
+import sys
 from fractions import Fraction
 
 import pytest
@@ -161,3 +164,43 @@ def test_status_is_immutable():
 def test_verdict_prints_as_its_value():
     assert str(Verdict.DEAD) == "dead"
     assert f"{Verdict.UNKNOWN}" == "unknown"
+
+
+def test_an_os_error_about_a_file_names_the_file_but_not_its_message():
+    def callback() -> int:
+        raise PermissionError(13, "secret detail that must not leak", "/run/health/progress")
+
+    status = check_liveness(callback, 60, clock=lambda: NOW)
+    assert status.reason == "callback raised PermissionError for /run/health/progress"
+
+
+def test_dataclasses_replace_makes_a_changed_copy():
+    """A subclass's health_status() may adjust the verdict with dataclasses.replace()."""
+    status = evaluate(NOW - 10, 60, NOW)
+    changed = dataclasses.replace(status, detail={"phase": "running"}, reason=None)
+    assert changed == HealthStatus(ALIVE, 60.0, NOW - 10, 10.0, None, {"phase": "running"})
+    assert status.detail is None  # the original is unchanged
+    assert dataclasses.is_dataclass(status)
+    assert [f.name for f in dataclasses.fields(status)] == list(HealthStatus.__slots__)
+    assert dataclasses.asdict(status)["age"] == 10.0
+    with pytest.raises(TypeError):
+        dataclasses.replace(status, nope=1)
+
+
+def test_replace_protocol_of_python_3_13():
+    """copy.replace() calls __replace__; older Pythons can call it the same way."""
+    status = evaluate(NOW - 10, 60, NOW)
+    assert status.__replace__(age=1.0) == HealthStatus(ALIVE, 60.0, NOW - 10, 1.0)
+    with pytest.raises(TypeError, match="no field 'nope'"):
+        status.__replace__(nope=1)
+    if sys.version_info >= (3, 13):
+        import copy
+
+        assert copy.replace(status, reason="x").reason == "x"  # type: ignore[attr-defined]
+
+
+def test_importing_status_imports_no_dataclasses():
+    """The dataclass fields are made on first use: importing stays cheap."""
+    code = "import sys, elastic_healthcheck.status; print('dataclasses' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

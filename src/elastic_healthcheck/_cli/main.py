@@ -8,13 +8,17 @@ uses it for a verdict). Mistakes print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 
 TYPE_CHECKING = False  # typing costs 2 ms at start-up, and probe starts every few seconds
 if TYPE_CHECKING:
-    from typing import Any, NoReturn
+    from typing import NoReturn
+
+    from .._config.options import TorchrunOptions
+    from .._config.settings import Setting
+    from ..health_check_server import HealthCheckServer
+    from .probe import ProbeResult
 
 __all__ = ["main"]
 
@@ -28,40 +32,46 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-# The longest probe timeout: a day. A longer one is surely a typo (milliseconds?), and the
-# probe has to leave before an orchestrator's own timeout anyway.
-MAX_PROBE_TIMEOUT = 86400.0
+def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
+    """The command's flags, from the settings table: each read as text, parsed by its row.
+
+    Parsing happens in one place (``_config.settings``), with the same rule and message
+    for a flag as for its variable and its ``install()`` argument.
+    """
+    from .._config.settings import SETTINGS
+
+    for row in SETTINGS:
+        if row.command != command or row.flag is None:
+            continue
+        if row.flag_value is not None:  # a switch: giving it sets the row's value
+            parser.add_argument(
+                row.flag, dest=row.name, action="store_const", const=True, help=_help(row)
+            )
+        else:
+            parser.add_argument(row.flag, dest=row.name, metavar=row.metavar, help=_help(row))
 
 
-def _port(text: str) -> int:
-    # isdigit() alone accepts "²" (which int() refuses) and full-width digits (which it reads).
-    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 0-65535")
-    return int(text)
+def _help(row: Setting) -> str:
+    """``--help``'s line for a row: its meaning, default and variable."""
+    meaning = row.meaning.replace("`", "")
+    if row.flag_value is not None:
+        value = "1" if row.flag_value is True else "0"
+        return f"{meaning} ({row.variable}={value} does the same)"
+    if row.fallback:  # no default of its own: the variable, else torch's
+        return f"{meaning} (variable {row.variable}, else {row.fallback})"
+    also = f"; variable {row.variable}" if row.variable else ""
+    return f"{meaning} (default: {row.shown}{also})"
 
 
-def _seconds(text: str, allow_zero: bool = True) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected seconds {bound}")
-    return value
+def _flags(args: argparse.Namespace, command: str) -> dict[str, object]:
+    """Flag -> what was given (``None``: not given), for the settings table to read."""
+    from .._config.settings import SETTINGS
 
-
-def _positive_seconds(text: str) -> float:
-    return _seconds(text, allow_zero=False)
-
-
-def _probe_seconds(text: str) -> float:
-    value = _positive_seconds(text)
-    if value > MAX_PROBE_TIMEOUT:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: expected seconds > 0, at most {MAX_PROBE_TIMEOUT:g}"
-        )
-    return value
+    return {
+        row.flag: getattr(args, row.name)
+        for row in SETTINGS
+        if row.command == command and row.flag is not None
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,35 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(always alive: a quick way to see it work)."
         ),
     )
-    serve.add_argument(
-        "--kind", default="http", help="server kind: http, tcp, or a plugin's name (default: http)"
-    )
-    serve.add_argument(
-        "--host",
-        default=None,
-        help="address to listen on (default: every interface, IPv6 and IPv4)",
-    )
-    serve.add_argument(
-        "--port", type=_port, default=8080, help="port to listen on; 0 picks one (default: 8080)"
-    )
-    serve.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=60.0,
-        help="seconds without progress before dead (default: 60)",
-    )
-    serve.add_argument(
-        "--callback-timeout",
-        type=_positive_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="seconds a probe waits for liveness before answering unknown (default: 0.5)",
-    )
-    serve.add_argument(
-        "--heartbeat-file",
-        metavar="PATH",
-        help="liveness is this file's modification time (touched by the trainer's HeartbeatFile)",
-    )
+    _add_settings(serve, "serve")
 
     probe = commands.add_parser(
         "probe",
@@ -124,12 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     probe.add_argument("targets", nargs="+", metavar="TARGET")
-    probe.add_argument(
-        "--timeout",
-        type=_probe_seconds,
-        default=1.0,
-        help="seconds per target, at most 86400 (default: 1, as kubelet)",
-    )
+    _add_settings(probe, "probe")
     probe.add_argument(
         "--json", action="store_true", help="print one JSON document instead of lines"
     )
@@ -141,10 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "torchrun",
         help="torchrun, with a real health-check server for its elastic agent",
         allow_abbrev=False,
-        usage=f"{PROG} torchrun [--health-port PORT] [--health-host HOST] [--health-kind KIND] "
-        "[--health-timeout SECONDS] [--health-startup-timeout SECONDS] "
-        "[--health-on-hang {report,restart}] [--health-debug] [--health-no-bootstrap] "
-        "TORCHRUN_ARGUMENTS ...",
+        usage=f"{PROG} torchrun {_torchrun_usage()} TORCHRUN_ARGUMENTS ...",
         description=(
             "Run torchrun with its arguments as given, exit codes and signals included, while "
             "its elastic agent serves health checks on one listener kept across restarts "
@@ -154,52 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
             "collectives; elastic_healthcheck.worker.beat() reports progress too."
         ),
     )
-    _add_torchrun_options(torchrun)
+    _add_settings(torchrun, "torchrun")
     return parser
 
 
-def _add_torchrun_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--health-port",
-        type=_port,
-        metavar="PORT",
-        help="serve on this port (sets TORCHELASTIC_HEALTH_CHECK_PORT; default: that variable)",
-    )
-    parser.add_argument(
-        "--health-host", metavar="HOST", help="address to listen on (default: every interface)"
-    )
-    parser.add_argument("--health-kind", metavar="KIND", help="server kind (default: http)")
-    parser.add_argument(
-        "--health-timeout",
-        type=_positive_seconds,
-        metavar="SECONDS",
-        help="seconds without progress before dead (default: the 60 torch passes)",
-    )
-    parser.add_argument(
-        "--health-startup-timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="seconds from a worker group's start during which ranks that have made no "
-        "progress yet count as starting (default: 1800)",
-    )
-    parser.add_argument(
-        "--health-on-hang",
-        choices=("report", "restart"),
-        help="report: answer 503 and log the hung ranks' stacks (default); restart: also "
-        "end the hung worker group so that torchrun restarts it (counts against --max-restarts)",
-    )
-    parser.add_argument(
-        "--health-debug",
-        action="store_true",
-        default=None,
-        help="serve the latest stacks of stalled ranks on GET /debug/ranks (off: 404)",
-    )
-    parser.add_argument(
-        "--health-no-bootstrap",
-        dest="health_bootstrap",
-        action="store_false",
-        default=None,
-        help="start workers as plain torchrun does: progress then comes only from beat()",
+def _torchrun_flags() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """torchrun's flags that take a value, and those that do not."""
+    from .._config.settings import SETTINGS
+
+    rows = [row for row in SETTINGS if row.command == "torchrun" and row.flag is not None]
+    with_value = tuple(row.flag for row in rows if row.flag and row.flag_value is None)
+    without = tuple(row.flag for row in rows if row.flag and row.flag_value is not None)
+    return with_value, without
+
+
+def _torchrun_usage() -> str:
+    from .._config.settings import SETTINGS
+
+    return " ".join(
+        f"[{row.flag}]" if row.flag_value is not None else f"[{row.flag} {row.metavar}]"
+        for row in SETTINGS
+        if row.command == "torchrun" and row.flag is not None
     )
 
 
@@ -207,27 +156,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["torchrun"]:
-        return _torchrun(arguments[1:])
-    args = build_parser().parse_args(arguments)
-    if args.command == "serve":
+        return _torchrun(arguments[1:])  # torchrun's own signal handling, untouched
+    try:
+        args = build_parser().parse_args(arguments)
+        if args.command == "probe":
+            return _probe(args)
         problem = _check_log_level()
         if problem:
             print(f"{PROG} serve: error: {problem}", file=sys.stderr)
             return 2
-    if args.command == "probe":
-        return _probe(args)
-    return _serve(args)
-
-
-_TORCHRUN_OPTIONS = (
-    "--health-port",
-    "--health-host",
-    "--health-kind",
-    "--health-timeout",
-    "--health-startup-timeout",
-    "--health-on-hang",
-)
-_TORCHRUN_FLAGS = ("--health-debug", "--health-no-bootstrap")
+        return _serve(args)
+    except KeyboardInterrupt:
+        # Ctrl-C before serve's handler is in, or during a probe: the user knows why.
+        return 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 
 
 def _check_log_level() -> str | None:
@@ -241,57 +182,64 @@ def _check_log_level() -> str | None:
     return None
 
 
-def _check_torchrun_options(options: argparse.Namespace, server_options: dict[str, object]) -> None:
-    """Build (never start) the server the options describe: a mistake shows before training.
+def _check_server(options: TorchrunOptions) -> None:
+    """Build (never start) the server the options describe: a value its class rejects
+    (``max_connections=0``) shows before training.
 
     Raises:
-        ValueError: The kind, an option, or an ``ELASTIC_HEALTHCHECK_*`` variable is wrong.
+        ValueError: The class rejects an option.
     """
-    import os
+    from .._config.kinds import create_server
 
-    from .._config.kinds import ENV_SERVER, create_server, resolve_kind
-    from ..torchelastic import DEFAULT_KIND
-
-    kind, source = options.health_kind, "--health-kind"
-    if kind is None:
-        kind, source = os.environ.get(ENV_SERVER, "").strip() or DEFAULT_KIND, ENV_SERVER
-    resolve_kind(kind, source=source)
-    timeout = 60.0 if options.health_timeout is None else options.health_timeout
-    port = 0 if options.health_port is None else options.health_port
-    server = create_server(_now, port, timeout, kind=kind, options=server_options)  # type: ignore[arg-type]
+    timeout = 60.0 if options.timeout is None else options.timeout
+    port = 0 if options.port is None else options.port
+    server = create_server(
+        _now,  # type: ignore[arg-type]  # torch annotates int; ours take floats as well
+        port,
+        timeout,  # type: ignore[arg-type]
+        kind=options.kind,
+        options=options.server_options,
+        kind_source=options.kind_source,
+    )
     server.stop()  # never started: nothing to free, but a plugin may hold something
 
 
-def _torchrun(arguments: list[str]) -> int:
-    """Our --health-* options (first), then torchrun with everything else, verbatim."""
+def _split_torchrun(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """Our --health-* options (first), and everything after them for torchrun, verbatim."""
+    with_value, without = _torchrun_flags()
     ours: list[str] = []
     rest = arguments
     while rest:
         option = rest[0].split("=", 1)[0]
         if rest[0] in ("-h", "--help") and not ours:
             build_parser().parse_args(["torchrun", "--help"])
-        if option not in _TORCHRUN_OPTIONS + _TORCHRUN_FLAGS:
+        if option not in with_value + without:
             break
-        take = 1 if "=" in rest[0] or option in _TORCHRUN_FLAGS else 2
+        take = 1 if "=" in rest[0] or option in without else 2
         ours, rest = ours + rest[:take], rest[take:]
-    parser = _Parser(prog=f"{PROG} torchrun", allow_abbrev=False)
-    _add_torchrun_options(parser)
-    options = parser.parse_args(ours)
     if rest[:1] == ["--"]:
         rest = rest[1:]
+    return ours, rest
 
-    server_options: dict[str, Any] = {}
-    if options.health_host is not None:
-        server_options["host"] = options.health_host
-    if options.health_debug:
-        server_options["debug"] = True
+
+def _torchrun(arguments: list[str]) -> int:
+    """Our --health-* options (first), then torchrun with everything else, verbatim."""
+    import os
+
+    from .._config.options import torchrun_options
+
+    ours, rest = _split_torchrun(arguments)
+    parser = _Parser(prog=f"{PROG} torchrun", allow_abbrev=False)
+    _add_settings(parser, "torchrun")
+    flags = _flags(parser.parse_args(ours), "torchrun")
     # Every mistake is a usage error, found before torch is imported or training starts;
     # only what happens at run time (a port in use) is logged and lets training go on.
     problem = _check_log_level()
     if problem is None:
         try:
-            _check_torchrun_options(options, server_options)
-        except (TypeError, ValueError) as exc:
+            options = torchrun_options(flags=flags, environ=os.environ)
+            _check_server(options)
+        except (TypeError, ValueError) as exc:  # ConfigurationError is a ValueError
             problem = str(exc)
     if problem is not None:
         print(f"{PROG} torchrun: error: {problem}", file=sys.stderr)
@@ -301,13 +249,15 @@ def _torchrun(arguments: list[str]) -> int:
 
     try:
         integration = torchelastic.install(
-            kind=options.health_kind,
-            port=options.health_port,
-            timeout=options.health_timeout,
-            startup_timeout=options.health_startup_timeout,
-            bootstrap=options.health_bootstrap,
-            on_hang=options.health_on_hang,
-            **server_options,
+            kind=options.kind,
+            port=options.port,
+            timeout=options.timeout,
+            startup_timeout=options.startup_timeout,
+            phase_timeout=options.phase_timeout,
+            bootstrap=options.bootstrap,
+            on_hang=options.on_hang,
+            fresh_store=options.fresh_store,
+            **options.server_options,
         )
     except ImportError as exc:  # no torch: the message names the extra to install
         print(f"{PROG} torchrun: error: {exc}", file=sys.stderr)
@@ -328,14 +278,33 @@ def _torchrun(arguments: list[str]) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from .probe import TargetError, parse_target, printable, probe
+    import os
+
+    from .._config.settings import ConfigurationError, read
+    from .probe import TargetError, parse_target, probe
 
     try:
+        timeout = read("probe", flags=_flags(args, "probe"), environ=os.environ)["timeout"]
         targets = [parse_target(text) for text in args.targets]
-    except TargetError as exc:
+    except (ConfigurationError, TargetError) as exc:
         print(f"{PROG} probe: error: {exc}", file=sys.stderr)
         return 2
-    results = probe(targets, timeout=args.timeout)
+    assert isinstance(timeout, float)
+    results = probe(targets, timeout=timeout)
+    status = 0 if all(r.alive for r in results) else 1
+    try:
+        _print_results(args, results)
+        sys.stdout.flush()  # here, where a closed pipe can be handled, not at exit
+    except BrokenPipeError:
+        # `probe ... | head`: the reader has all it wanted. Point stdout at /dev/null so
+        # that the interpreter's own flush at exit does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return status
+
+
+def _print_results(args: argparse.Namespace, results: list[ProbeResult]) -> None:
     if args.json:
         import json
 
@@ -344,69 +313,86 @@ def _probe(args: argparse.Namespace) -> int:
                 {"alive": all(r.alive for r in results), "results": [r.to_dict() for r in results]}
             )
         )
-    elif not args.quiet:
-        rows = [("TARGET", "VERDICT", "AGE", "LATENCY", "REASON")]
-        for r in results:
-            age = "-" if r.age is None else f"{r.age:.1f}s"
-            reason = printable(r.reason or "")  # a server's text must not drive the terminal
-            rows.append((r.target, r.verdict, age, f"{r.latency * 1000:.1f}ms", reason))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        for row in rows:
-            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-            print("  ".join([*cells, row[4]]).rstrip())
-    return 0 if all(r.alive for r in results) else 1
+        return
+    if args.quiet:
+        return
+    from .probe import printable
+
+    rows = [("TARGET", "VERDICT", "AGE", "LATENCY", "REASON")]
+    for r in results:
+        age = "-" if r.age is None else f"{r.age:.1f}s"
+        reason = printable(r.reason or "")  # a server's text must not drive the terminal
+        rows.append((r.target, r.verdict, age, f"{r.latency * 1000:.1f}ms", reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[4]]).rstrip())
 
 
 def _serve(args: argparse.Namespace) -> int:
     import os
-    import signal
-    import threading
 
-    from .._config.kinds import ConfigurationError, create_server, resolve_kind
+    from .._config.kinds import create_server
+    from .._config.options import serve_options
     from ..progress import HeartbeatFileReader
 
     try:
-        server_class = resolve_kind(args.kind, source="--kind")
-    except ConfigurationError as exc:
+        options = serve_options(flags=_flags(args, "serve"), environ=os.environ)
+    except ValueError as exc:  # ConfigurationError is a ValueError
         print(f"{PROG} serve: error: {exc}", file=sys.stderr)
         return 2
-    from ..health_check_server import HealthCheckServer
-
-    if server_class is HealthCheckServer:
-        print(
-            f"{PROG} serve: error: --kind {args.kind} is torch's no-op server, which serves"
-            " nothing; choose http, tcp or a plugin's kind",
-            file=sys.stderr,
-        )
-        return 2
-    if args.heartbeat_file and os.path.isdir(args.heartbeat_file):
-        print(
-            f"{PROG} serve: error: --heartbeat-file {args.heartbeat_file} is a directory;"
-            " name the file that the trainer's HeartbeatFile touches",
-            file=sys.stderr,
-        )
-        return 2
-    callback = HeartbeatFileReader(args.heartbeat_file) if args.heartbeat_file else _now
-    options: dict[str, object] = {}
-    if args.host is not None:
-        options["host"] = args.host
-    if args.callback_timeout is not None:
-        options["callback_timeout"] = args.callback_timeout
+    path = options.heartbeat_file
+    if path is not None:
+        problem = _check_heartbeat_file(path)
+        if problem:
+            print(f"{PROG} serve: error: {problem}", file=sys.stderr)
+            return 2
+    callback = HeartbeatFileReader(path) if path else _now
     try:
         # The one builder: ELASTIC_HEALTHCHECK_<OPTION> variables count here as in
         # create_healthcheck_server and under torchrun. torch annotates the callback and
         # timeout as int; ours take floats as well.
         server = create_server(
             callback,  # type: ignore[arg-type]
-            args.port,
-            args.timeout,
-            kind=args.kind,
-            options=options,
-            kind_source="--kind",
+            options.port,
+            options.timeout,  # type: ignore[arg-type]
+            kind=options.kind,
+            options=options.server_options,
+            kind_source=options.kind_source,
         )
     except (TypeError, ValueError) as exc:  # ConfigurationError is a ValueError
         print(f"{PROG} serve: error: {exc}", file=sys.stderr)
         return 2
+    source = f"heartbeat file {path}" if path else "this process's clock"
+    return _run(server, options.kind, options.port, source)
+
+
+def _check_heartbeat_file(path: str) -> str | None:
+    """A usage error in ``--heartbeat-file``, or None; warns of a directory not there (yet)."""
+    import os
+
+    if os.path.isdir(path):
+        return (
+            f"--heartbeat-file {path} is a directory;"
+            " name the file that the trainer's HeartbeatFile touches"
+        )
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        # The trainer may create it later, so this is no error; but a typo would answer
+        # "unknown" forever, so say it now.
+        print(
+            f"{PROG} serve: warning: the heartbeat file's directory {directory} does not"
+            " exist (yet); the verdict is unknown until the trainer creates the file",
+            file=sys.stderr,
+            flush=True,
+        )
+    return None
+
+
+def _run(server: HealthCheckServer, kind: str, port: int, source: str) -> int:
+    """Serve until SIGINT or SIGTERM; 0 then, 1 if the server cannot start."""
+    import signal
+    import threading
 
     stop = threading.Event()
 
@@ -420,15 +406,9 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"{PROG} serve: error: {exc}", file=sys.stderr)
             return 1
-        where, note = _where(server, args.port)
-        source = (
-            f"heartbeat file {args.heartbeat_file}"
-            if args.heartbeat_file
-            else "this process's clock"
-        )
+        where, note = _where(server, port)
         print(
-            f"Serving {args.kind} health checks on {where} ({note}liveness: {source});"
-            " Ctrl-C to stop",
+            f"Serving {kind} health checks on {where} ({note}liveness: {source}); Ctrl-C to stop",
             flush=True,
         )
         stop.wait()  # a signal handler sets it; lock waits are interruptible on POSIX
@@ -444,19 +424,19 @@ def _where(server: object, port: int) -> tuple[str, str]:
     addresses = getattr(server, "addresses", None)
     if not addresses:
         return f"port {getattr(server, 'port', port)}", ""
+    from .._config.settings import authority
     from .._tcp.server import TCPHealthCheckServer
 
     shown = []
     wildcard = False
     for host, bound in addresses:
         wildcard = wildcard or host in ("::", "0.0.0.0", "")
-        authority = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         if hasattr(server, "url"):
-            shown.append(f"http://{authority}/healthz")
+            shown.append(f"http://{authority(host, bound)}/healthz")
         elif isinstance(server, TCPHealthCheckServer):
-            shown.append(f"tcp://{authority}")
+            shown.append(f"tcp://{authority(host, bound)}")
         else:
-            shown.append(authority)
+            shown.append(authority(host, bound))
     return " and ".join(shown), "every interface; " if wildcard else ""
 
 

@@ -23,9 +23,12 @@ import socket
 import time
 from collections.abc import Sequence
 
+from .._config.settings import authority
+
 TYPE_CHECKING = False  # typing costs milliseconds at start-up, and probe starts every few seconds
 if TYPE_CHECKING:
     import queue
+    from collections import deque
 
 __all__ = ["ProbeResult", "Target", "TargetError", "parse_target", "printable", "probe"]
 
@@ -206,38 +209,10 @@ def probe(targets: Sequence[Target], timeout: float = 1.0) -> list[ProbeResult]:
         while ready or active or resolver.waiting:
             for host in resolver.answers():
                 ready.extend(resolver.waiting.pop(host, []))
-            while ready and len(active) < window:
-                item = ready.popleft()
-                address = resolver.found[item.target.host]
-                if isinstance(address, Exception):
-                    _fail(item, f"cannot resolve {item.target.host}: {_describe(address)}")
-                    continue
-                if item.deferred:  # it waited for a file descriptor: its own full timeout
-                    item.started = time.monotonic()
-                if not _connect(item, address, selector):  # out of file descriptors
-                    if not active:
-                        _fail(item, _describe(OSError(errno.EMFILE, os.strerror(errno.EMFILE))))
-                        continue
-                    ready.appendleft(item)  # retry once another probe has closed its socket
-                    window = max(1, len(active))
-                    break
-                if item.result is None:
-                    active.append(item)
-            for item in ready:
-                item.deferred = True
+            window = _start(ready, active, window, resolver, selector)
             now = time.monotonic()
-            for item in active:
-                if now >= item.started + timeout:
-                    reason = f"timed out after {timeout:g}s while {item.state}"
-                    if item.state == "reading" and not item.received:
-                        reason += ": the server sent nothing"
-                    _finish(item, selector, error=reason)
+            _expire(active, resolver, started, timeout, now, selector)
             active = [p for p in active if p.result is None]
-            if resolver.waiting and now >= started + timeout:
-                for host, waiting in resolver.waiting.items():
-                    for item in waiting:
-                        _fail(item, f"cannot resolve {host}: no answer within {timeout:g}s")
-                resolver.waiting.clear()
             if not active and not resolver.waiting:
                 continue
             deadlines = [p.started + timeout for p in active]
@@ -255,6 +230,59 @@ def probe(targets: Sequence[Target], timeout: float = 1.0) -> list[ProbeResult]:
         resolver.close()
         selector.close()
     return [p.result for p in probes if p.result is not None]
+
+
+def _start(
+    ready: deque[_Probe],
+    active: list[_Probe],
+    window: int,
+    resolver: _Resolver,
+    selector: selectors.BaseSelector,
+) -> int:
+    """Start ready probes while fewer than ``window`` are active; the window, narrowed
+    when the system ran out of file descriptors."""
+    while ready and len(active) < window:
+        item = ready.popleft()
+        address = resolver.found[item.target.host]
+        if isinstance(address, Exception):
+            _fail(item, f"cannot resolve {item.target.host}: {_describe(address)}")
+            continue
+        if item.deferred:  # it waited for a file descriptor: its own full timeout
+            item.started = time.monotonic()
+        if not _connect(item, address, selector):  # out of file descriptors
+            if not active:
+                _fail(item, _describe(OSError(errno.EMFILE, os.strerror(errno.EMFILE))))
+                continue
+            ready.appendleft(item)  # retry once another probe has closed its socket
+            window = max(1, len(active))
+            break
+        if item.result is None:
+            active.append(item)
+    for item in ready:
+        item.deferred = True
+    return window
+
+
+def _expire(
+    active: list[_Probe],
+    resolver: _Resolver,
+    started: float,
+    timeout: float,
+    now: float,
+    selector: selectors.BaseSelector,
+) -> None:
+    """End the probes, and the name lookups, whose time is up."""
+    for item in active:
+        if now >= item.started + timeout:
+            reason = f"timed out after {timeout:g}s while {item.state}"
+            if item.state == "reading" and not item.received:
+                reason += ": the server sent nothing"
+            _finish(item, selector, error=reason)
+    if resolver.waiting and now >= started + timeout:
+        for host, waiting in resolver.waiting.items():
+            for item in waiting:
+                _fail(item, f"cannot resolve {host}: no answer within {timeout:g}s")
+        resolver.waiting.clear()
 
 
 def _max_open() -> int:
@@ -379,9 +407,7 @@ def _connect(item: _Probe, address: _Address, selector: selectors.BaseSelector) 
     sockaddr = (sockaddr[0], item.target.port, *sockaddr[2:])
     target = item.target
     if target.scheme == "http":
-        host_field = f"[{target.host}]" if ":" in target.host else target.host
-        if target.port != 80:
-            host_field += f":{target.port}"
+        host_field = authority(target.host, target.port if target.port != 80 else None)
         item.request = (
             f"GET {target.path} HTTP/1.1\r\nHost: {host_field}\r\n"
             "User-Agent: elastic-healthcheck-probe\r\nAccept: application/json\r\n"

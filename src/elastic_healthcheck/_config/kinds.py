@@ -30,6 +30,16 @@ import os
 import re
 from collections.abc import Callable, Mapping
 
+from .settings import (
+    ENV_PREFIX,
+    ENV_SERVER,
+    RESERVED_ENV,
+    ConfigurationError,
+    Flag,
+    nearest,
+    parse_variable,
+)
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..health_check_server import HealthCheckServer
@@ -43,14 +53,11 @@ __all__ = [
     "RESERVED_ENV",
     "ConfigurationError",
     "available_kinds",
+    "choose_kind",
     "create_server",
     "resolve_kind",
+    "server_options",
 ]
-
-ENV_PREFIX = "ELASTIC_HEALTHCHECK_"
-
-# The kind to build when the caller names none.
-ENV_SERVER = ENV_PREFIX + "SERVER"
 
 # Torch's behaviour: a server that logs "No health check server started" and serves nothing.
 DEFAULT_KIND = "noop"
@@ -67,28 +74,9 @@ BUILTIN_KINDS: dict[str, str] = {
     "tcp": "elastic_healthcheck._tcp.server:TCPHealthCheckServer",
 }
 
-# Variables under ENV_PREFIX that are not options of any kind. An entry ending in "_"
-# reserves every name that starts with it.
-RESERVED_ENV = (
-    ENV_SERVER,  # the kind itself
-    ENV_PREFIX + "PORT",  # the port, for the torch integration
-    ENV_PREFIX + "TORCHRUN_",  # the torch integration
-    ENV_PREFIX + "WORKER_",  # the torch integration, per worker
-    ENV_PREFIX + "RANK_",  # the torch integration, per rank
-)
-
-_BOOLS = {
-    "1": True,
-    "true": True,
-    "yes": True,
-    "on": True,
-    "0": False,
-    "false": False,
-    "no": False,
-    "off": False,
-}
+_FLAG = Flag()
 _EXPECTED = {
-    bool: "a bool (1, 0, true, false, yes, no, on or off)",
+    bool: _FLAG.expected,
     int: "an int",
     float: "a float",
     str: "a str",
@@ -99,15 +87,6 @@ _TARGET = re.compile(r"\w+(?:\.\w+)*:\w+(?:\.\w+)*")
 # Kind name -> class, filled on first successful resolution. Failures are not cached, so
 # installing the missing package fixes the next attempt.
 _resolved: dict[str, type[HealthCheckServer]] = {}
-
-
-class ConfigurationError(ValueError):
-    """A server kind or option, from an argument or the environment, cannot be used.
-
-    The message names where the value came from (the environment variable or the
-    argument) and what would have been accepted. A failed import is kept as
-    ``__cause__``.
-    """
 
 
 def available_kinds() -> dict[str, str]:
@@ -158,6 +137,40 @@ def resolve_kind(name: str, *, source: str = "kind") -> type[HealthCheckServer]:
     return cls
 
 
+def choose_kind(
+    kind: str | None,
+    environ: Mapping[str, str],
+    *,
+    default: str = DEFAULT_KIND,
+    source: str = "kind",
+) -> tuple[str, str, str]:
+    """The kind to build: the argument, else ``ELASTIC_HEALTHCHECK_SERVER``, else ``default``.
+
+    >>> choose_kind(None, {"ELASTIC_HEALTHCHECK_SERVER": " tcp "})[:2]
+    ('tcp', 'ELASTIC_HEALTHCHECK_SERVER')
+
+    Args:
+        kind: The kind asked for, or ``None``.
+        environ: The environment to read; a blank variable counts as unset.
+        default: The kind when neither names one (``noop`` for torch's factory).
+        source: What ``kind`` is called where it came from (``--kind``).
+
+    Returns:
+        The kind's name, the argument or variable it came from, and how messages
+        describe it.
+    """
+    if kind is not None:
+        described = f"health check server kind {kind!r}"
+        if source.startswith(ENV_PREFIX):
+            described += f" (from {source})"
+        return kind, source, described
+    text = environ.get(ENV_SERVER, "").strip()
+    if text:
+        return text, ENV_SERVER, f"health check server kind {text!r} (from {ENV_SERVER})"
+    described = f"health check server kind {default!r} (the default: {ENV_SERVER} is not set)"
+    return default, source, described
+
+
 def create_server(
     alive_callback: Callable[[], int],
     port: int,
@@ -167,6 +180,7 @@ def create_server(
     options: Mapping[str, object] | None = None,
     environ: Mapping[str, str] | None = None,
     kind_source: str = "kind",
+    default_kind: str = DEFAULT_KIND,
 ) -> HealthCheckServer:
     """Build the server of the chosen kind, with options from arguments and environment.
 
@@ -179,11 +193,12 @@ def create_server(
         port: The port to serve on.
         timeout: Seconds of silence after which the agent is dead.
         kind: The kind to build; ``None`` reads ``ELASTIC_HEALTHCHECK_SERVER``, and
-            without it builds ``noop``. A blank variable counts as unset.
+            without it builds ``default_kind``. A blank variable counts as unset.
         options: Keyword arguments for the class, overriding the environment.
         environ: The environment to read; ``None`` means :data:`os.environ`.
         kind_source: What ``kind`` is called where it came from, for error messages
             (``--kind`` on the command line).
+        default_kind: The kind when none is named (``noop``, torch's).
 
     This is the one way servers are built: ``create_healthcheck_server``, the CLI's
     ``serve`` and the torch integration all call it, so options and variables are
@@ -194,29 +209,52 @@ def create_server(
             value from the environment cannot be parsed or is rejected by the class.
     """
     env = os.environ if environ is None else environ
+    name, source, described = choose_kind(kind, env, default=default_kind, source=kind_source)
+    cls = resolve_kind(name, source=source)
     explicit = dict(options or {})
-    if kind is not None:
-        cls = resolve_kind(kind, source=kind_source)
-        described = f"health check server kind {kind!r}"
-    elif env.get(ENV_SERVER, "").strip():
-        kind = env[ENV_SERVER].strip()
-        cls = resolve_kind(kind, source=ENV_SERVER)
-        described = f"health check server kind {kind!r} (from {ENV_SERVER})"
-    else:
-        kind = DEFAULT_KIND
-        cls = resolve_kind(kind)
-        described = f"health check server kind {kind!r} (the default: {ENV_SERVER} is not set)"
-
-    # A blank variable counts as unset: never an option, never an unknown name.
-    keys = sorted(
-        key
-        for key in env
-        if key.startswith(ENV_PREFIX) and not _is_reserved(key) and env[key].strip()
-    )
     factory: Callable[..., HealthCheckServer] = cls
-    if not explicit and not keys:  # the common case: nothing to check, no introspection
+    if not explicit and not _option_variables(env):  # the common case: no introspection
         return factory(alive_callback, port, timeout)
+    values, from_env = server_options(cls, name, described, explicit, env)
+    try:
+        return factory(alive_callback, port, timeout, **values)
+    except ConfigurationError:
+        raise
+    except (TypeError, ValueError) as exc:
+        shown = ", ".join(
+            [f"{key}={value!r}" for key, value in from_env.items()]
+            + [f"{key}={value!r}" for key, value in explicit.items()]
+        )
+        where = "from the environment " if not explicit else ""
+        raise ConfigurationError(
+            f"{described} rejected its options {where}({shown}): {exc}"
+        ) from exc
 
+
+def server_options(
+    cls: type[HealthCheckServer],
+    kind: str,
+    described: str,
+    explicit: Mapping[str, object],
+    environ: Mapping[str, str],
+) -> tuple[dict[str, object], dict[str, str]]:
+    """The options to build ``cls`` with: ``explicit``, then its ``ELASTIC_HEALTHCHECK_*``.
+
+    Args:
+        cls: The server class.
+        kind: Its kind's name, and ``described``, how messages describe it.
+        described: How messages describe the kind.
+        explicit: Keyword arguments, which win over variables (theirs are not parsed).
+        environ: The environment to read.
+
+    Returns:
+        The keyword arguments, and the variables they came from (name -> text).
+
+    Raises:
+        ConfigurationError: An argument is not an option of ``cls``, a variable under
+            ``ELASTIC_HEALTHCHECK_`` is neither one of its options nor read elsewhere, or
+            a variable's value cannot be parsed.
+    """
     option_types, takes_any = _options(cls)
     unexpected = sorted(set(explicit) - set(option_types)) if not takes_any else []
     if unexpected:
@@ -226,16 +264,15 @@ def create_server(
             f" it takes: {takes}"
         )
     by_key = {ENV_PREFIX + name.upper(): name for name in option_types}
+    keys = _option_variables(environ)
     unknown = [key for key in keys if key not in by_key]
     if unknown:
         raise ConfigurationError(_unknown_variables(unknown, described, sorted(by_key)))
-
     from_env: dict[str, str] = {}
     values: dict[str, object] = {}
     for key in keys:
         name = by_key[key]
-        raw = env[key].strip()
-        if name in explicit or not raw:  # an argument wins; a blank variable is unset
+        if name in explicit:  # an argument wins; its variable is not even parsed
             continue
         option_type = option_types[name]
         where = f"option {name} of health check server kind {kind!r}"
@@ -244,22 +281,19 @@ def create_server(
                 f"{key} cannot be set from the environment: {where} is not a bool, int,"
                 " float or str"
             )
-        values[name] = _parse(key, env[key], raw, option_type, where)
-        from_env[key] = env[key]
+        values[name] = _parse(key, environ[key], option_type, where)
+        from_env[key] = environ[key]
     values.update(explicit)
-    try:
-        return factory(alive_callback, port, timeout, **values)
-    except ConfigurationError:
-        raise
-    except (TypeError, ValueError) as exc:
-        shown = ", ".join(
-            [f"{key}={value!r}" for key, value in from_env.items()]
-            + [f"{name}={value!r}" for name, value in explicit.items()]
-        )
-        where = "from the environment " if not explicit else ""
-        raise ConfigurationError(
-            f"{described} rejected its options {where}({shown}): {exc}"
-        ) from exc
+    return values, from_env
+
+
+def _option_variables(environ: Mapping[str, str]) -> list[str]:
+    """The variables that may be options: under the prefix, not reserved, not blank."""
+    return sorted(
+        key
+        for key in environ
+        if key.startswith(ENV_PREFIX) and not _is_reserved(key) and environ[key].strip()
+    )
 
 
 def _is_reserved(key: str) -> bool:
@@ -369,26 +403,58 @@ def _declared_type(annotation: object) -> type | None:
     return None
 
 
-def _parse(key: str, value: str, raw: str, option_type: type, where: str) -> object:
+def _parse(key: str, value: str, option_type: type, where: str) -> object:
+    raw = value.strip()
     try:
-        if option_type is bool:
-            return _BOOLS[raw.lower()]
-        return option_type(raw)
-    except (KeyError, ValueError):
+        # A variable the settings table reads (HOST, DEBUG, CALLBACK_TIMEOUT) is parsed
+        # as it says, so that `serve`, torchrun and the factory read it alike.
+        known, parsed = parse_variable(key, raw)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{exc} ({where})") from None
+    if known:
+        return parsed
+    try:
+        return _FLAG.parse(raw, key) if option_type is bool else option_type(raw)
+    except ValueError:  # ConfigurationError included
         raise ConfigurationError(
             f"{key}={value!r} is not {_EXPECTED[option_type]} ({where})"
         ) from None
 
 
 def _unknown_variables(unknown: list[str], described: str, known: list[str]) -> str:
+    """One line naming every unknown variable, with the known name each is likely meant as."""
+    elsewhere = _builtin_option_variables()
+    typos = [key for key in unknown if key not in elsewhere]
+    if typos:
+        candidates = sorted({*known, *elsewhere, *(r for r in RESERVED_ENV if r[-1] != "_")})
+        guesses = {key: nearest(key, candidates) for key in typos}
+        if len(typos) == 1:
+            (key,) = typos
+            message = f"{key} is not a variable elastic-healthcheck reads"
+            hint = f"did you mean {guesses[key]}?" if guesses[key] else ""
+        else:
+            message = f"{', '.join(typos)} are not variables elastic-healthcheck reads"
+            meant = [f"{guess} (for {key})" for key, guess in guesses.items() if guess]
+            hint = f"did you mean {', '.join(meant)}?" if meant else ""
+        takes = f"takes {', '.join(known)}" if known else "takes no options"
+        return f"{message}{': ' + hint if hint else ''} ({described} {takes})"
     names = ", ".join(unknown)
     verb = "is not an option" if len(unknown) == 1 else "are not options"
-    reserved = ", ".join(r + "*" if r.endswith("_") else r for r in RESERVED_ENV)
     if known:
-        takes = f"its options are {', '.join(known)}"
-    else:
-        takes = "it takes none"
-    message = f"{names} {verb} of {described}; {takes}"
-    if not known:
-        message += f"; choose a kind with {ENV_SERVER}{_accepted()}"
-    return f"{message}. Reserved for other parts: {reserved}"
+        return f"{names} {verb} of {described}; its options are {', '.join(known)}"
+    return (
+        f"{names} {verb} of {described}; it takes none; choose a kind with"
+        f" {ENV_SERVER}{_accepted()}"
+    )
+
+
+def _builtin_option_variables() -> set[str]:
+    """The variables of every built-in kind's options (for messages: imports the servers)."""
+    names: set[str] = set()
+    for kind in BUILTIN_KINDS:
+        try:
+            option_types, _ = _options(resolve_kind(kind))
+        except ConfigurationError:
+            continue
+        names.update(ENV_PREFIX + name.upper() for name in option_types)
+    return names
