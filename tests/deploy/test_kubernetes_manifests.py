@@ -93,14 +93,58 @@ def _window(probe: dict[str, Any]) -> float:
     return float(probe["failureThreshold"] * probe["periodSeconds"])
 
 
+# The same setting as a wrapper flag, and as the variable plain torchrun is given.
+SETTINGS = {
+    "port": ("--health-port", "TORCHELASTIC_HEALTH_CHECK_PORT"),
+    "timeout": ("--health-timeout", "ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT"),
+    "startup": ("--health-startup-timeout", "ELASTIC_HEALTHCHECK_TORCHRUN_STARTUP_TIMEOUT"),
+}
+
+
+def _settings(container: dict[str, Any]) -> dict[str, str]:
+    """The health settings of a container: the wrapper's flags, or plain torchrun's env."""
+    command = container["command"]
+    if command[:2] == ["elastic-healthcheck", "torchrun"]:
+        options = _options(command)
+        return {name: options[flag] for name, (flag, _) in SETTINGS.items()}
+    assert command[0] == "torchrun", command
+    env = {item["name"]: item["value"] for item in container.get("env", [])}
+    return {name: env[variable] for name, (_, variable) in SETTINGS.items()}
+
+
+def test_plain_torchrun_is_shown_with_only_variables_and_the_wrapper_too():
+    commands = {
+        name: template["spec"]["containers"][0]["command"][0] for name, template in _pod_templates()
+    }
+    assert commands == {
+        "pytorchjob.yaml": "torchrun",
+        "torchrun-job-restart-on-hang.yaml": "elastic-healthcheck",
+        "torchrun-job.yaml": "elastic-healthcheck",
+    }
+
+
+def test_every_variable_set_is_one_elastic_healthcheck_reads():
+    from elastic_healthcheck._config.settings import ConfigurationError, read
+
+    for _name, template in _pod_templates():
+        env = {
+            item["name"]: item["value"]
+            for item in template["spec"]["containers"][0].get("env", [])
+            if item["name"].startswith("ELASTIC_HEALTHCHECK_")
+        }
+        try:
+            read("torchrun", flags={}, environ=env)
+        except ConfigurationError as exc:  # an unknown or malformed variable
+            pytest.fail(str(exc))
+
+
 @pytest.mark.parametrize(("name", "template"), _pod_templates(), ids=lambda v: str(v)[:40])
 def test_probes_scrape_and_port_agree(name, template):
     (container,) = template["spec"]["containers"]
-    options = _options(container["command"])
-    assert container["command"][:2] == ["elastic-healthcheck", "torchrun"]
-    assert float(options["--health-timeout"]) == TIMEOUT
-    assert float(options["--health-startup-timeout"]) == STARTUP_TIMEOUT
-    port = int(options["--health-port"])
+    options = _settings(container)
+    assert float(options["timeout"]) == TIMEOUT
+    assert float(options["startup"]) == STARTUP_TIMEOUT
+    port = int(options["port"])
     assert {"name": "health", "containerPort": port} in container["ports"]
     assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
     assert template["metadata"]["labels"]["elastic-healthcheck/scrape"] == "true"

@@ -152,7 +152,7 @@ def test_stop_frees_port_for_immediate_restart(kind, factory):
     first = factory()
     first.start()
     port = first.port
-    answers_alive(kind, port)
+    assert answers_alive(kind, port)
     first.stop()
     second = factory(port=port)
     second.start()  # raises OSError naming 127.0.0.1:<port> if the port was not freed

@@ -222,6 +222,40 @@ def _split_torchrun(arguments: list[str]) -> tuple[list[str], list[str]]:
     return ours, rest
 
 
+def _misplaced_health_option(rest: list[str]) -> str | None:
+    """What is wrong with a ``--health-*`` option among torchrun's own, if one is there.
+
+    torch's parser finds the training script; a ``--health-*`` it does not know, before
+    the script, is ours misplaced (after torchrun's options) or mistyped. After the
+    script it is the script's own argument.
+    """
+    if not any(arg.startswith("--health") for arg in rest):
+        return None
+    try:
+        from torch.distributed.run import get_args_parser
+
+        _, unknown = get_args_parser().parse_known_args(rest)
+    except (ImportError, SystemExit):  # no torch (said later), or torch's own usage error
+        return None
+    for arg in unknown:
+        option = arg.split("=", 1)[0]
+        if not option.startswith("--health"):
+            continue
+        with_value, without = _torchrun_flags()
+        known = with_value + without
+        if option in known:
+            return (
+                f"{option} must come before torchrun's own arguments: "
+                f"{PROG} torchrun [--health-* options] [torchrun options] SCRIPT"
+            )
+        from difflib import get_close_matches
+
+        close = get_close_matches(option, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"unknown option {option}{hint}; health options come first, before torchrun's"
+    return None
+
+
 def _torchrun(arguments: list[str]) -> int:
     """Our --health-* options (first), then torchrun with everything else, verbatim."""
     import os
@@ -229,6 +263,10 @@ def _torchrun(arguments: list[str]) -> int:
     from .._config.options import torchrun_options
 
     ours, rest = _split_torchrun(arguments)
+    misplaced = _misplaced_health_option(rest)
+    if misplaced is not None:
+        print(f"{PROG} torchrun: error: {misplaced}", file=sys.stderr)
+        return 2
     parser = _Parser(prog=f"{PROG} torchrun", allow_abbrev=False)
     _add_settings(parser, "torchrun")
     flags = _flags(parser.parse_args(ours), "torchrun")
@@ -268,8 +306,18 @@ def _torchrun(arguments: list[str]) -> int:
     with integration:
         server = integration.server
         if server is not None:
-            where = getattr(server, "url", None) or f"port {getattr(server, 'port', '?')}"
-            print(f"{PROG}: health checks for the elastic agent on {where}", file=sys.stderr)
+            where, note = _where(server, options.port or 0)
+            print(
+                f"{PROG}: health checks for the elastic agent on {where}"
+                + (f" ({note.rstrip('; ')})" if note else ""),
+                file=sys.stderr,
+            )
+        elif options.port is None:
+            print(
+                f"{PROG} torchrun: no health port (--health-port, or torch's "
+                "TORCHELASTIC_HEALTH_CHECK_PORT): training goes on without a health check",
+                file=sys.stderr,
+            )
         from torch.distributed import run as torch_run
 
         # torchrun's own main, so arguments, exit codes and signals are exactly its own.
@@ -421,23 +469,9 @@ def _run(server: HealthCheckServer, kind: str, port: int, source: str) -> int:
 
 def _where(server: object, port: int) -> tuple[str, str]:
     """Where ``server`` listens, as probe targets, and a note for a wildcard address."""
-    addresses = getattr(server, "addresses", None)
-    if not addresses:
-        return f"port {getattr(server, 'port', port)}", ""
-    from .._config.settings import authority
-    from .._tcp.server import TCPHealthCheckServer
+    from .._config.settings import where_served
 
-    shown = []
-    wildcard = False
-    for host, bound in addresses:
-        wildcard = wildcard or host in ("::", "0.0.0.0", "")
-        if hasattr(server, "url"):
-            shown.append(f"http://{authority(host, bound)}/healthz")
-        elif isinstance(server, TCPHealthCheckServer):
-            shown.append(f"tcp://{authority(host, bound)}")
-        else:
-            shown.append(authority(host, bound))
-    return " and ".join(shown), "every interface; " if wildcard else ""
+    return where_served(server, port)
 
 
 def _now() -> float:

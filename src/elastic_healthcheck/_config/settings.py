@@ -36,6 +36,7 @@ __all__ = [
     "ValueType",
     "authority",
     "nearest",
+    "where_served",
     "parse_variable",
     "read",
     "setting",
@@ -526,6 +527,18 @@ def authority(host: str, port: int | None = None) -> str:
     """
     shown = f"[{host}]" if ":" in host else host
     return shown if port is None else f"{shown}:{port}"
+
+
+def where_served(server: object, port: int = 0) -> tuple[str, str]:
+    """Where ``server`` listens, as probe targets, and ``"every interface; "`` or ``""``.
+
+    A server built on the engine says it (``endpoints``); another kind gets its port.
+    """
+    endpoints = getattr(server, "endpoints", None)
+    if not endpoints:
+        return f"port {getattr(server, 'port', port)}", ""
+    wildcard = any(host in ("::", "0.0.0.0", "") for host, _ in getattr(server, "addresses", []))
+    return " and ".join(endpoints), "every interface; " if wildcard else ""
 
 
 def nearest(name: str, known: list[str]) -> str | None:

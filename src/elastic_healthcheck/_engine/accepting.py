@@ -17,7 +17,7 @@ from ..logging import get_logger
 from .loop import Timers, safe_log
 from .transport import SocketTransport
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.server")  # the public name operators filter on
 
 __all__ = [
     "ACCEPTS_PER_TURN",

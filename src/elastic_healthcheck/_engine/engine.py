@@ -37,7 +37,7 @@ from .protocol import BaseProtocol, Services
 from .transport import SocketTransport
 from .verdicts import Verdicts
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.server")  # the public name operators filter on
 
 __all__ = ["Engine"]
 

@@ -27,7 +27,7 @@ from ..logging import get_logger
 
 __all__ = ["LISTEN_BACKLOG", "Listeners", "close_all_in_child", "display"]
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.server")  # the public name operators filter on
 
 # listen() backlog: deep enough for a burst of new connections per probe; the kernel
 # clamps it to net.core.somaxconn.

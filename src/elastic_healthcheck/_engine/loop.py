@@ -28,7 +28,7 @@ from ..logging import get_logger
 
 __all__ = ["MAX_FAILED_TURNS", "REPEAT_INTERVAL", "Loop", "Timers", "safe_log"]
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.server")  # the public name operators filter on
 
 # Turns in a row that may fail before the loop gives up. A failing step is logged and
 # skipped; a loop whose every turn fails (select() raising, a listener whose handler

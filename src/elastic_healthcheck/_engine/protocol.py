@@ -175,3 +175,7 @@ class BaseProtocol:
 
 # A factory the server calls once per accepted connection.
 ProtocolFactory = Callable[[], BaseProtocol]
+
+
+# Where users import them from (their home here stays private).
+BaseProtocol.__module__ = Transport.__module__ = Services.__module__ = "elastic_healthcheck"

@@ -42,7 +42,7 @@ __all__ = [
     "SocketHealthCheckServer",
 ]
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.server")  # the public name operators filter on
 
 # Seconds a client has to send a complete request, from connect or from the previous
 # response. Not extended by partial data, so a client trickling a byte a second cannot
@@ -97,6 +97,8 @@ class SocketHealthCheckServer(HealthCheckServer):
         TypeError: An argument has the wrong type.
         ValueError: An argument is out of range.
     """
+
+    __module__ = "elastic_healthcheck"  # where users import it from
 
     _kind = "socket"
     # Keep the port while refusing connections, even one the system chose (see Listeners).
@@ -161,6 +163,14 @@ class SocketHealthCheckServer(HealthCheckServer):
         """Every (host, port) listened on; empty when not started."""
         engine = self._engine
         return engine.listeners.addresses() if engine is not None and self._started else []
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Where it listens, as ``elastic-healthcheck probe`` targets; empty when stopped.
+
+        ``[::]:8080`` for every interface (IPv6 and IPv4), ``127.0.0.1:8080`` for one.
+        """
+        return [display(host, port) for host, port in self.addresses]
 
     @property
     def is_running(self) -> bool:

@@ -22,7 +22,7 @@ from ..logging import get_logger
 from .loop import Loop
 from .protocol import BaseProtocol
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.server")  # the public name operators filter on
 
 __all__ = ["LINGER_TIMEOUT", "RECV_SIZE", "SocketTransport"]
 

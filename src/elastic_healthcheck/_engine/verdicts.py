@@ -24,7 +24,7 @@ from .loop import Loop, safe_log
 from .protocol import BaseProtocol
 from .transport import SocketTransport
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.server")  # the public name operators filter on
 
 __all__ = ["VERDICT_REUSE", "Verdicts", "checked"]
 

@@ -59,6 +59,8 @@ class HTTPHealthCheckServer(SocketHealthCheckServer):
         ValueError: An argument is out of range.
     """
 
+    __module__ = "elastic_healthcheck"  # where users import it from
+
     _kind = "http"
 
     def __init__(
@@ -99,6 +101,11 @@ class HTTPHealthCheckServer(SocketHealthCheckServer):
         elif ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/healthz"
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Where it listens, as liveness URLs (``http://[::]:8080/healthz``)."""
+        return [f"http://{where}/healthz" for where in super().endpoints]
 
     def _describe(self) -> str:
         return f"{super()._describe()} ({self.url})"

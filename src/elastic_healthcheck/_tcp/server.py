@@ -112,6 +112,8 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
             ``refuse_while_dead`` are both set.
     """
 
+    __module__ = "elastic_healthcheck"  # where users import it from
+
     _kind = "tcp"
     _keep_port = True
 
@@ -153,6 +155,11 @@ class TCPHealthCheckServer(SocketHealthCheckServer):
         self._recheck_interval = float(recheck_interval)
         self._render = agent_check_line if agent_check else status_line
         self._line: tuple[HealthStatus | None, bytes] = (None, b"")
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Where it listens, as probe targets (``tcp://[::]:8080``)."""
+        return [f"tcp://{where}" for where in super().endpoints]
 
     @property
     def refusing(self) -> bool:

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .._config.kinds import ConfigurationError, create_server
+from .._config.settings import authority
 from ..health_check_server import HealthCheckServer
 from ..logging import get_logger
 from .agentstate import AgentState
 
 __all__ = ["DEFAULT_KIND", "ENV_PORT", "AgentHandle", "AgentServer"]
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.torchelastic")  # the public name
 
 ENV_PORT = "TORCHELASTIC_HEALTH_CHECK_PORT"  # torch's own variable
 DEFAULT_KIND = "http"
@@ -53,12 +54,8 @@ class AgentServer:
                     self._port,
                 )
             return
-        import os
-
         self._port = port
-        kind = (
-            self._kind or os.environ.get("ELASTIC_HEALTHCHECK_SERVER", "").strip() or DEFAULT_KIND
-        )
+        kind = self._kind or DEFAULT_KIND  # install() resolved it from arguments and variables
         state = self._state
         try:
             # The state is the server's status source: its health_status() is the verdict.
@@ -70,10 +67,9 @@ class AgentServer:
             server.start()
         except (OSError, OverflowError, ValueError) as exc:
             log.error(
-                "Cannot serve health checks for the elastic agent on %s:%s: %s; "
+                "Cannot serve health checks for the elastic agent on %s: %s; "
                 "training goes on without a health server",
-                getattr(server, "host", "*"),
-                port,
+                authority(str(getattr(server, "host", "*")), port),
                 exc,
             )
             return

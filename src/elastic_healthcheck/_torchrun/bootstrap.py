@@ -134,7 +134,7 @@ def set_up() -> None:
 
 
 def _warn(message: str, *args: object) -> None:
-    worker._warn(__name__, message, *args)
+    worker._warn("elastic_healthcheck.worker", message, *args)
 
 
 def _register_stack_dump(path: str) -> bool:

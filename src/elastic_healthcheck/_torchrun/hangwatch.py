@@ -23,7 +23,7 @@ from .verdict import AgentPhase, GroupVerdict, RankState
 
 __all__ = ["HANG_GRACE", "ON_HANG", "STACK_DEADLINE", "HangWatch", "end_processes"]
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.torchelastic")  # the public name
 
 HANG_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a hung worker group
 STACK_DEADLINE = 2.0  # seconds to collect every stalled rank's stacks

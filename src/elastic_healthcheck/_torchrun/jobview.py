@@ -31,7 +31,7 @@ from .verdict import TRAINING, GroupVerdict, Peers, RankState, RankVerdict
 
 __all__ = ["KEYS", "JobView"]
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.torchelastic")  # the public name
 
 _PREFIX = "elastic-healthcheck/"
 # Each answer: its counter of nodes, and the key of the line about the latest node (or None).

@@ -54,13 +54,19 @@ def _not_a_rendezvous_backend(params: object) -> object:
 def activate(environ: dict[str, str] | None = None) -> bool:
     """Install the integration in torchrun's agent if asked to; ``True`` if it did."""
     env = os.environ if environ is None else environ
-    if not env.get(ENV_PORT, "").strip():
+    if not env.get(ENV_PORT, "").strip() or not _is_torchrun_agent():
         return False
     if env.get(ENV_ENABLE, "").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if not _is_torchrun_agent():
-        return False
+        return False  # turned off: nothing else is read, nothing can be wrong
     from .. import torchelastic
+    from .._config.kinds import ConfigurationError
+    from .._config.options import torchrun_options
+
+    try:
+        if not torchrun_options(environ=env).plugin:  # ELASTIC_HEALTHCHECK_TORCHRUN=0
+            return False
+    except ConfigurationError:
+        pass  # install() below says what is wrong, in its one line
 
     if torchelastic._installed is not None:
         return False  # elastic-healthcheck torchrun, or a launcher's own install()
@@ -87,21 +93,22 @@ def _is_torchrun_agent() -> bool:
 
 
 def _announce(server: object) -> None:
+    from .._config.settings import where_served
     from ..logging import get_logger
 
-    url = getattr(server, "url", None)
-    where = url or (f"port {getattr(server, 'port', '?')}" if server is not None else None)
-    log = get_logger(__name__)
-    if where is None:
+    log = get_logger("elastic_healthcheck.torchelastic")
+    if server is None:
         log.warning(
             "elastic-healthcheck is in torchrun's agent, but serves no health checks "
             "(see the error above); %s=0 turns it off",
             ENV_ENABLE,
         )
         return
+    where, note = where_served(server)
     log.warning(
-        "elastic-healthcheck: health checks for the elastic agent on %s (%s=0 turns it off)",
+        "elastic-healthcheck: health checks for the elastic agent on %s (%s%s=0 turns it off)",
         where,
+        note,
         ENV_ENABLE,
     )
 
@@ -112,7 +119,7 @@ def _warn(message: str, exc: BaseException) -> None:
     try:
         from ..logging import get_logger
 
-        log = get_logger(__name__)
+        log = get_logger("elastic_healthcheck.torchelastic")
     except Exception:  # LOGLEVEL is not a level: say it anyway
-        log = logging.getLogger(__name__)
+        log = logging.getLogger("elastic_healthcheck.torchelastic")
     log.warning(message, type(exc).__name__, exc)

@@ -21,7 +21,7 @@ from .verdict import GroupVerdict, RankState
 
 __all__ = ["root_cause_message", "top_frame", "write_root_causes"]
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.torchelastic")  # the public name
 
 
 def top_frame(stack: str) -> str | None:

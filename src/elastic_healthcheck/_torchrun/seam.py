@@ -30,7 +30,7 @@ __all__ = [
     "TorchMismatchError",
 ]
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.torchelastic")  # the public name
 
 # The torch versions whose end-to-end tests passed (tools/torch-versions.sh records them).
 PROVEN_TORCH = ("2.13.0", "2.14.1")
@@ -38,6 +38,8 @@ PROVEN_TORCH = ("2.13.0", "2.14.1")
 
 class TorchMismatchError(RuntimeError):
     """This torch is not what the integration expects (a required internal is missing)."""
+
+    __module__ = "elastic_healthcheck.torchelastic"  # where users catch it from
 
 
 class How(str, enum.Enum):

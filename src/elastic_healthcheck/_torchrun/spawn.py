@@ -20,7 +20,7 @@ from .stacks import STACK_SIGNAL
 
 __all__ = ["BOOTSTRAP_MODULE", "Spawner", "bootstrap_args", "is_python"]
 
-log = get_logger(__name__)
+log = get_logger("elastic_healthcheck.torchelastic")  # the public name
 
 BOOTSTRAP_MODULE = "elastic_healthcheck._torchrun.bootstrap"
 
