@@ -178,6 +178,29 @@ def test_uncaught_exception_in_module_prints_the_same_traceback(tmp_path):
     assert "bootstrap" not in out.stderr
 
 
+def test_ctrl_c_prints_the_same_traceback_and_ends_by_sigint_after_the_exit_handlers(tmp_path):
+    """A worker interrupted by Ctrl-C: the traceback shows the script alone, as under python,
+    the script's exit handlers run, and the process ends by SIGINT as python's does."""
+    write(
+        tmp_path / "interrupted.py",
+        """
+        import atexit, os, signal
+
+        atexit.register(print, "exit handler ran", flush=True)
+
+        def train():
+            os.kill(os.getpid(), signal.SIGINT)
+
+        train()
+        """,
+    )
+    out = assert_same_as_python(["interrupted.py"], tmp_path)
+    assert out.returncode == -signal.SIGINT
+    assert "KeyboardInterrupt" in out.stderr and "in train" in out.stderr
+    assert "bootstrap" not in out.stderr and "runpy" not in out.stderr
+    assert out.stdout == "exit handler ran\n"
+
+
 @pytest.mark.parametrize(
     ("call", "code"), [("sys.exit(3)", 3), ("sys.exit('bye')", 1), ("sys.exit()", 0)]
 )

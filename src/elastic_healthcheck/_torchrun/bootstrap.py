@@ -18,9 +18,10 @@ Then the script runs as ``python`` would run it (the model is ``PyRunner`` in co
 current directory for ``-m``), a fresh ``__main__`` module with the right ``__file__``,
 ``__loader__`` and ``__spec__`` (so classes defined in the script pickle, and
 multiprocessing ``spawn`` children re-import it), the same traceback and exit code 1 for an
-uncaught exception, and ``SystemExit`` codes passed through. Known differences:
-``sys.orig_argv`` shows the bootstrap, and an uncaught ``KeyboardInterrupt`` shows the
-bootstrap's frames in its traceback.
+uncaught exception, and ``SystemExit`` codes passed through. Known difference:
+``sys.orig_argv`` shows the bootstrap. An uncaught ``KeyboardInterrupt`` prints its
+traceback without the bootstrap's frames and, after the exit handlers, ends the process by
+SIGINT, as python does.
 
 Health reporting never stops training: whatever fails in the set-up is logged as one
 WARNING line and the script runs anyway. The record's ``FLAG_STACKS`` is set only once the
@@ -296,17 +297,43 @@ def _when_imported(name: str, then: Callable[[types.ModuleType], None]) -> None:
 
 
 def _run(runner: Callable[[list[str]], None], args: list[str]) -> None:
+    import atexit
+
+    atexit.register(_die_by_sigint_at_exit)
     try:
         runner(args)
     except SystemExit:
         _mark_exited()
         raise
-    except KeyboardInterrupt:
-        raise  # python ends by SIGINT after this one: let it
+    except KeyboardInterrupt as exc:
+        # As python does: the traceback (without our frames), then, once the interpreter
+        # has run its exit handlers, death by SIGINT (see _die_by_sigint_at_exit).
+        _report_uncaught(exc)
+        global _interrupted
+        _interrupted = True
+        raise SystemExit(1) from None
     except BaseException as exc:
         _report_uncaught(exc)
         raise SystemExit(1) from None
     _mark_exited()
+
+
+_interrupted = False
+
+
+def _die_by_sigint_at_exit() -> None:
+    """Registered before the script runs, so it runs after the script's exit handlers."""
+    if not _interrupted:
+        return
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _mark_exited() -> None:
