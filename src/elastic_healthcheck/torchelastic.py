@@ -46,10 +46,11 @@ from ._torchrun.agentserver import ENV_PORT, AgentHandle, AgentServer
 from ._torchrun.agentstate import AgentState, GroupView
 from ._torchrun.hangwatch import ON_HANG, HangWatch
 from ._torchrun.jobview import JobView
+from ._torchrun.ranks import DEFAULT_PHASE_TIMEOUT, AgentPhase
 from ._torchrun.seam import PROVEN_TORCH as PROVEN_TORCH
 from ._torchrun.seam import TORCH_SEAM, Patches, Reliance, TorchMismatchError
 from ._torchrun.spawn import Spawner
-from ._torchrun.verdict import DEFAULT_PHASE_TIMEOUT, AgentPhase, GroupVerdict
+from ._torchrun.verdict import GroupVerdict
 from .health_check_server import HealthCheckServer
 from .logging import get_logger
 from .status import HealthStatus

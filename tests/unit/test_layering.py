@@ -32,6 +32,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("a rank's phases (worker side)", ["_torchrun.phases"]),
     ("the torchrun families for /metrics (pure)", ["_torchrun.metrics"]),
+    ("a rank's state and the words about ranks (pure)", ["_torchrun.ranks"]),
+    ("who is blamed (pure)", ["_torchrun.blame"]),
     ("the torchrun verdict (pure)", ["_torchrun.verdict"]),
     ("engine: protocol interface", ["_engine.protocol"]),
     (
@@ -108,6 +110,8 @@ NO_IO = [
     "_http.wire",
     "_http.prometheus",
     "_tcp.line",
+    "_torchrun.ranks",
+    "_torchrun.blame",
     "_torchrun.verdict",
     "_torchrun.metrics",
     "_engine.protocol",

@@ -17,16 +17,9 @@ import time
 from collections.abc import Callable, Mapping
 
 from ..status import HealthStatus, Verdict, evaluate
+from .ranks import DEFAULT_PHASE_TIMEOUT, AgentPhase, Peers, RankState
 from .record import RankSnapshot, read_record, record_path
-from .verdict import (
-    DEFAULT_PHASE_TIMEOUT,
-    AgentPhase,
-    GroupVerdict,
-    Observation,
-    Peers,
-    RankState,
-    decide,
-)
+from .verdict import GroupVerdict, Observation, decide
 
 __all__ = [
     "RESTART_STARTUP_FACTOR",

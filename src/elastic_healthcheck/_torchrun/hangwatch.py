@@ -16,10 +16,11 @@ import time
 from ..logging import get_logger
 from ..status import Verdict
 from .agentstate import AgentState, GroupView, process_gone, process_state
+from .ranks import AgentPhase, RankState
 from .record import FLAG_STACKS, read_record, record_path, stack_path
 from .rootcause import write_root_causes
 from .stacks import capture_stack
-from .verdict import AgentPhase, GroupVerdict, RankState
+from .verdict import GroupVerdict
 
 __all__ = ["HANG_GRACE", "ON_HANG", "STACK_DEADLINE", "HangWatch", "end_processes"]
 

@@ -27,7 +27,8 @@ import time
 
 from ..logging import get_logger
 from .agentstate import AgentState
-from .verdict import TRAINING, GroupVerdict, Peers, RankState, RankVerdict
+from .ranks import TRAINING, Peers, RankState
+from .verdict import GroupVerdict, RankVerdict
 
 __all__ = ["KEYS", "JobView"]
 

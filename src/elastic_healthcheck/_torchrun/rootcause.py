@@ -17,7 +17,8 @@ import os
 
 from ..logging import get_logger
 from .agentstate import GroupView
-from .verdict import GroupVerdict, RankState
+from .ranks import RankState
+from .verdict import GroupVerdict
 
 __all__ = ["root_cause_message", "top_frame", "write_root_causes"]
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..logging import get_logger
-from .verdict import AgentPhase
+from .ranks import AgentPhase
 
 __all__ = [
     "PROVEN_TORCH",

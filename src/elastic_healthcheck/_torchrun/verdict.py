@@ -26,13 +26,24 @@ whose :meth:`~GroupVerdict.metric_families` are the ``/metrics`` families it add
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .._http.prometheus import MetricFamily
 from ..status import HealthStatus, Verdict, evaluate
+from .blame import BLAME_RULES as BLAME_RULES
+from .blame import Blame as Blame
+from .blame import Stall, blame, startup_blame
 from .metrics import families
+from .ranks import DEFAULT_PHASE_TIMEOUT as DEFAULT_PHASE_TIMEOUT
+from .ranks import RANK_STATES as RANK_STATES
+from .ranks import TRAINING as TRAINING
+from .ranks import AgentPhase as AgentPhase
+from .ranks import Peers as Peers
+from .ranks import RankState as RankState
+from .ranks import activity as activity
+from .ranks import agreeing, excused, names, places
+from .ranks import rank_state as rank_state
 from .record import RankSnapshot
 
 __all__ = [
@@ -52,71 +63,16 @@ __all__ = [
     "group_status",
     "rank_state",
     "startup_blame",
+    "TRAINING",
 ]
 
-
-class AgentPhase(str, enum.Enum):
-    """What the elastic agent is doing, in the order it does it."""
-
-    STARTING = "starting"
-    RENDEZVOUS = "rendezvous"
-    RUNNING = "running"
-    RESTARTING = "restarting"
-    EXIT_BARRIER = "exit_barrier"
-    STOPPED = "stopped"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class RankState(str, enum.Enum):
-    """A local rank's state in the verdict."""
-
-    STARTING = "starting"  # no progress yet since its worker was spawned
-    PROGRESSING = "progressing"  # a sign of life (a step, leaving a collective) within timeout
-    BUSY = "busy"  # quiet for longer than the timeout inside a phase, within its deadline
-    WAITING = "waiting"  # inside a collective that a live peer has not passed yet
-    STALLED = "stalled"  # no sign of life for longer than the timeout (or the phase deadline)
-    EXITED = "exited"  # its worker has ended
-
-    def __str__(self) -> str:
-        return self.value
-
-
-RANK_STATES = tuple(state.value for state in RankState)
 
 # torch's agent callback returns whole epoch seconds (int(time.time())): allow it one
 # second of rounding, so that a sub-second timeout follows the ranks, not the clock's tick.
 AGENT_CALLBACK_ROUNDING = 1.0
 
-# How long a rank may stay in a phase (evaluation, a checkpoint, a named phase) without a
-# sign of life, unless the phase sets its own deadline: torch's default timeout for its
-# collectives, the longest its peers can wait for it in one (a barrier after a checkpoint
-# rank 0 writes alone) before torch itself fails the job. It fits writing a large model's
-# checkpoint (1 TB at 1 GB/s is 17 minutes).
-DEFAULT_PHASE_TIMEOUT = 1800.0
-TRAINING = "training"  # a rank's phase when it is in none
-
 
 # --- the input ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Peers:
-    """What the other nodes' agents say of their ranks (the job-wide view); empty if unknown.
-
-    Attributes:
-        busy: What a rank on another node is busy with, if one is in a phase
-            (``rank 0 on node 0 is in checkpoint``): local ranks waiting in a collective
-            wait for it.
-        waiting: Other nodes with a rank waiting inside a collective.
-        stalled_outside: A rank on another node that stalled outside any collective
-            (``rank 3 on node 1 stalled outside a collective``), if any.
-    """
-
-    busy: str | None = None
-    waiting: int = 0
-    stalled_outside: str | None = None
 
 
 @dataclass(frozen=True)
@@ -264,70 +220,6 @@ class GroupVerdict(Mapping[str, object]):
 # --- rank states -------------------------------------------------------------------------
 
 
-def activity(snapshot: RankSnapshot) -> float:
-    """A rank's last sign of life: progress, or after it leaving a collective or a phase's.
-
-    Leaving a collective is not progress (a rank released from a ``barrier`` during its
-    startup has not started training), but a rank that has made progress and has just
-    been released from a collective is not hung: between the release and its next
-    optimizer step it must not be taken for a stalled rank. Entering a phase (a
-    checkpoint) and an evaluation forward inside one are signs of life too.
-    """
-    return max(
-        snapshot.progress_time,
-        snapshot.left_time,
-        snapshot.phase_since,
-        snapshot.phase_activity,
-    )
-
-
-def rank_state(
-    snapshot: RankSnapshot,
-    exited: bool,
-    timeout: float,
-    now: float,
-    phase_timeout: float = DEFAULT_PHASE_TIMEOUT,
-) -> RankState:
-    """One local rank's own state: starting, progressing, busy, stalled or exited.
-
-    (``waiting`` needs its peers: see :func:`_excused`.)
-    """
-    if exited or snapshot.exited:
-        return RankState.EXITED
-    if not snapshot.progress_time:
-        return RankState.STARTING
-    quiet = now - activity(snapshot)
-    if quiet <= timeout:
-        return RankState.PROGRESSING
-    if snapshot.phase is not None and quiet <= (snapshot.phase_deadline or phase_timeout):
-        return RankState.BUSY
-    return RankState.STALLED
-
-
-# The states of a peer that may still come: one waiting for it in a collective waits.
-_ON_ITS_WAY = (RankState.STARTING, RankState.PROGRESSING, RankState.BUSY)
-
-
-def _excused(rank: str, ranks: Mapping[str, RankSnapshot], states: Mapping[str, RankState]) -> bool:
-    """A stalled rank waits, not hangs: it is inside its n-th collective and a local peer
-    that is starting, progressing or busy in a phase has not passed it: it has entered
-    fewer than n (it is still on its way, like the slow rank of a skewed start that has
-    just taken its first step, or rank 0 writing a checkpoint before the barrier), or is
-    inside the n-th too (the collective is about to release them both)."""
-    snapshot = ranks[rank]
-    if not snapshot.in_collective:
-        return False
-    return any(
-        states[peer] in _ON_ITS_WAY
-        and (
-            ranks[peer].entered < snapshot.entered
-            or (ranks[peer].entered == snapshot.entered and ranks[peer].in_collective)
-        )
-        for peer in ranks
-        if peer != rank
-    )
-
-
 def _age(snapshot: RankSnapshot, now: float) -> float:
     """Seconds since its last sign of life, or since its spawn while it is starting."""
     since = activity(snapshot) if snapshot.progress_time else snapshot.spawn_time
@@ -353,197 +245,7 @@ def _describe(snapshot: RankSnapshot, state: RankState, now: float) -> RankVerdi
     )
 
 
-def _names(ranks: list[str] | tuple[str, ...]) -> str:
-    label = "local rank" if len(ranks) == 1 else "local ranks"
-    return f"{label} {', '.join(ranks)}"
-
-
-def _verb(ranks: list[str] | tuple[str, ...], singular: str, plural: str) -> str:
-    return singular if len(ranks) == 1 else plural
-
-
-def _places(ranks: Mapping[str, RankSnapshot], which: list[str] | tuple[str, ...]) -> str:
-    """Where ``which`` ranks are: the collectives they are in, or outside any."""
-    where = sorted({ranks[r].collective or "" for r in which})
-    if where == [""]:
-        return "outside any collective"
-    if "" in where:
-        return "in and out of collectives"
-    return f"in {', '.join(where)}"
-
-
 # --- who is blamed -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stall:
-    """What the blame rules look at: the ranks still running and those that stalled."""
-
-    active: Mapping[str, RankSnapshot]  # local ranks that have not exited, in order
-    stalled: tuple[str, ...]
-    timeout: float
-    finished: int  # local peers that have exited
-    multi_node: bool | None = None
-    moving: tuple[str, ...] = ()  # local peers still progressing (or busy in a phase)
-    peers: Peers = field(default_factory=Peers)
-
-    def inside(self, rank: str) -> bool:
-        return self.active[rank].in_collective
-
-
-@dataclass(frozen=True)
-class Blame:
-    """The ranks a rule blames, and the sentence that says why."""
-
-    suspects: tuple[str, ...]
-    summary: str
-
-
-def _outside_while_a_peer_waits(s: Stall) -> Blame | None:
-    outside = tuple(r for r in s.stalled if not s.inside(r))
-    # Peers waiting in a collective, stalled or not yet (the one that stalled first is
-    # often the culprit, and its peers reach the timeout a moment later).
-    waiting = [r for r in s.active if r not in outside and s.inside(r)]
-    if not (waiting and outside):
-        return None
-    waits = sorted({s.active[r].collective or "a collective" for r in waiting})
-    return Blame(
-        outside,
-        f"{_names(outside)} stalled outside a collective while "
-        f"{_names(waiting)} {_verb(waiting, 'waits', 'wait')} in {', '.join(waits)}",
-    )
-
-
-def _entered_fewer(s: Stall) -> Blame | None:
-    counts = {r: s.active[r].entered for r in s.stalled}
-    if len(s.stalled) < 2 or min(counts.values()) == max(counts.values()):
-        return None
-    fewest = min(counts.values())
-    behind = tuple(r for r in s.stalled if counts[r] == fewest)
-    return Blame(
-        behind,
-        f"{_names(behind)} entered {fewest} collectives, its stalled peers up to "
-        f"{max(counts.values())}: they wait in a collective it has not reached",
-    )
-
-
-def _lags_its_peers(s: Stall) -> Blame | None:
-    newest = max(activity(snapshot) for snapshot in s.active.values())
-    lagging = tuple(r for r in s.stalled if newest - activity(s.active[r]) > s.timeout)
-    if not lagging or len(lagging) == len(s.active):
-        return None
-    verb = _verb(lagging, "lags its", "lag their")
-    return Blame(lagging, f"{_names(lagging)} {verb} peers' progress by more than {s.timeout:g} s")
-
-
-def _alone_after_its_peers_exited(s: Stall) -> Blame | None:
-    # Its local peers are done; it waits in no collective, so for nobody: it is stuck in
-    # its own code (compute, I/O) at the end of the job.
-    if not s.finished or len(s.active) != len(s.stalled):
-        return None
-    if any(s.inside(r) for r in s.stalled):
-        return None
-    return Blame(
-        s.stalled, f"{_names(s.stalled)} stalled outside a collective after its peers exited"
-    )
-
-
-def _outside_while_other_nodes_wait(s: Stall) -> Blame | None:
-    # The job-wide view: no local peer waits, but ranks on other nodes wait in collectives.
-    outside = tuple(r for r in s.stalled if not s.inside(r))
-    if not outside or not s.peers.waiting:
-        return None
-    nodes = f"{s.peers.waiting} other node{'s' if s.peers.waiting > 1 else ''}"
-    return Blame(
-        outside,
-        f"{_names(outside)} stalled outside a collective while ranks on {nodes} wait in one",
-    )
-
-
-# The blame rules, in order: the first that names someone decides. docs/torchrun.md lists
-# them in this order (tests/docs/test_torchrun_doc.py compares the two).
-BLAME_RULES: tuple[tuple[str, Callable[[Stall], Blame | None]], ...] = (
-    ("stalled outside a collective while a peer waits inside one", _outside_while_a_peer_waits),
-    ("entered fewer collectives than its stalled peers", _entered_fewer),
-    ("last progress more than the timeout older than a peer's", _lags_its_peers),
-    ("outside any collective once its local peers have exited", _alone_after_its_peers_exited),
-    ("stalled outside a collective while ranks on other nodes wait in one",
-     _outside_while_other_nodes_wait),
-)  # fmt: skip
-
-
-def _nobody_to_blame(s: Stall) -> Blame:
-    """Why nobody is named: only what is known, "another node" only when there is one."""
-    place = _places(s.active, s.stalled)
-    stalled = _names(s.stalled)
-    if s.peers.stalled_outside and all(s.inside(r) for r in s.stalled):
-        verb = _verb(s.stalled, "waits", "wait")
-        return Blame((), f"{stalled} stalled ({place}): {verb} for {s.peers.stalled_outside}")
-    if len(s.stalled) == 1:
-        if s.moving:
-            return Blame(
-                (),
-                f"{stalled} stalled ({place}) while {_names(s.moving)} "
-                f"{_verb(s.moving, 'goes', 'go')} on: it is blamed once it lags by more "
-                f"than {s.timeout:g} s",
-            )
-        if s.multi_node:
-            return Blame(
-                (),
-                f"{stalled} stalled ({place}); no stalled local peer to tell it from: "
-                "it may wait for another node",
-            )
-        alone = "" if s.multi_node is None else "; the job has no other node"
-        return Blame(
-            (), f"{stalled} stalled ({place}); no stalled local peer to tell it from{alone}"
-        )
-    told = f"{stalled} stalled together ({place}): no local rank can be told from the others"
-    if s.multi_node:
-        return Blame((), f"{told}; the cause is likely on another node")
-    if s.multi_node is None:
-        return Blame((), told)
-    if all(s.inside(r) for r in s.stalled):
-        inside = "every rank is inside and the collective does not complete"
-        return Blame((), f"{told}, and the job has no other node: {inside} (a network fault?)")
-    return Blame((), f"{told}, and the job has no other node")
-
-
-def blame(s: Stall) -> Blame:
-    """The first rule of :data:`BLAME_RULES` that names someone, else nobody, and why."""
-    for _name, rule in BLAME_RULES:
-        found = rule(s)
-        if found is not None:
-            return found
-    return _nobody_to_blame(s)
-
-
-def startup_blame(
-    starting: tuple[str, ...], ranks: Mapping[str, RankSnapshot], multi_node: bool | None
-) -> tuple[tuple[str, ...], str]:
-    """At the startup deadline: whom to blame among the ranks that never progressed, and why.
-
-    A rank that waits inside a collective for a peer that never started is never blamed:
-    the ranks outside any collective are, while some peer waits inside one; when every
-    rank that never progressed waits inside one, the rank they wait for is elsewhere (or,
-    on a single node, the collective does not complete).
-
-    Returns:
-        The suspects, and what follows "made no progress within the startup timeout".
-    """
-    outside = tuple(r for r in starting if not ranks[r].in_collective)
-    waiting = [r for r in ranks if ranks[r].in_collective]
-    if outside and waiting:
-        verb = _verb(waiting, "waits", "wait")
-        return outside, (
-            f", outside any collective, while {_names(waiting)} {verb} {_places(ranks, waiting)}"
-        )
-    if outside:
-        return outside, ""
-    where = _places(ranks, starting)
-    if multi_node:
-        return (), f", waiting {where} for a rank on another node"
-    alone = "" if multi_node is None else " and the job has no other node"
-    return (), f", each waiting {where}{alone}"
 
 
 # --- the cases ---------------------------------------------------------------------------
@@ -578,7 +280,7 @@ def _group(seen: Observation) -> Group:
             for r in order
             if states[r] is RankState.STALLED
             and (
-                _excused(r, seen.ranks, states)
+                excused(r, seen.ranks, states)
                 or (seen.peers.busy is not None and seen.ranks[r].in_collective)
             )
         }
@@ -635,7 +337,7 @@ def _starting(group: Group) -> GroupVerdict | None:
             group,
             alive,
             (),
-            f"starting: {_names(starting)} made no progress yet "
+            f"starting: {names(starting)} made no progress yet "
             f"({waited:.1f} s of the {seen.startup_timeout:g} s startup timeout)",
         )
     dead = HealthStatus(Verdict.DEAD, seen.timeout, start, round(waited, 3))
@@ -644,7 +346,7 @@ def _starting(group: Group) -> GroupVerdict | None:
         group,
         dead,
         suspects,
-        f"{_names(suspects or starting)} made no progress within the startup timeout "
+        f"{names(suspects or starting)} made no progress within the startup timeout "
         f"of {seen.startup_timeout:g} s{why}",
     )
 
@@ -664,7 +366,7 @@ def _progressing_part(group: Group, progressing: list[str]) -> str:
     for r in progressing:
         by_phase.setdefault(group.ranks[r].phase, []).append(r)
     return "; ".join(
-        f"{_names(ranks)} progressing" + ("" if phase == TRAINING else f" in {phase}")
+        f"{names(ranks)} progressing" + ("" if phase == TRAINING else f" in {phase}")
         for phase, ranks in by_phase.items()
     )
 
@@ -676,7 +378,7 @@ def _busy_part(group: Group, busy: list[str]) -> str:
         snapshot = seen.ranks[r]
         deadline = snapshot.phase_deadline or seen.phase_timeout
         parts.append(
-            f"{_names([r])} in {snapshot.phase} "
+            f"{names([r])} in {snapshot.phase} "
             f"({group.ranks[r].age:.1f} s quiet; its deadline {deadline:g} s)"
         )
     return "; ".join(parts)
@@ -692,18 +394,18 @@ def _moving(group: Group) -> GroupVerdict | None:
     if not busy and not waiting:
         oldest = min(activity(s) for s in active.values())
         status = evaluate(oldest, seen.timeout, seen.now)
-        return _verdict(group, status, (), f"{_names(progressing)} progressing")
+        return _verdict(group, status, (), f"{names(progressing)} progressing")
     parts = [_progressing_part(group, progressing)] if progressing else []
     if busy:
         parts.append(_busy_part(group, busy))
     if waiting:
         live = progressing + busy
-        verb = _verb(waiting, "waits", "wait")
-        where = _places(seen.ranks, waiting)
+        verb = agreeing(waiting, "waits", "wait")
+        where = places(seen.ranks, waiting)
         # Released by a live local peer or, if none, by another node's rank in a phase.
-        by = _names(live) if live else seen.peers.busy
-        parts.append(f"{_names(waiting)} {verb} {where} for {by}" if live else
-                     f"{_names(waiting)} {verb} {where} while {by}")  # fmt: skip
+        by = names(live) if live else seen.peers.busy
+        parts.append(f"{names(waiting)} {verb} {where} for {by}" if live else
+                     f"{names(waiting)} {verb} {where} while {by}")  # fmt: skip
     # The group moves, or is busy: its age is that of its most recent sign of life.
     newest = max(activity(active[r]) for r in (progressing + busy or waiting))
     age = round(max(0.0, seen.now - newest), 3)
@@ -741,7 +443,7 @@ def _past_deadline(group: Group, suspects: tuple[str, ...]) -> str:
         if snapshot.phase is not None:
             deadline = snapshot.phase_deadline or seen.phase_timeout
             notes.append(
-                f"{_names([r])} in {snapshot.phase} for {group.ranks[r].phase_age or 0.0:.0f} s, "
+                f"{names([r])} in {snapshot.phase} for {group.ranks[r].phase_age or 0.0:.0f} s, "
                 f"past its {deadline:g} s deadline"
             )
     return f" ({'; '.join(notes)})" if notes else ""
