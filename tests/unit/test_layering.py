@@ -292,3 +292,29 @@ def test_engine_parts_are_small_and_say_their_job(module):
             assert size <= MAX_CLASS_LINES, f"{module}.{node.name}: {size} lines"
             doc = ast.get_docstring(node)
             assert doc and doc.splitlines()[0].strip(), f"{module}.{node.name}: no job"
+
+
+MAX_FUNCTION_LINES = 65  # lines of code: no docstring, blank lines or comment lines
+
+
+def _code_lines(source: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = node.body
+    first = body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        if len(body) == 1:
+            return 0
+        first = body[1]
+    lines = source[first.lineno - 1 : node.end_lineno]
+    return sum(1 for line in lines if line.strip() and not line.strip().startswith("#"))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_function_reads_in_one_screen(module):
+    source = _path(module).read_text().splitlines()
+    too_long = [
+        f"{module}.{node.name}: {size} lines"
+        for node in ast.walk(_tree(module))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (size := _code_lines(source, node)) > MAX_FUNCTION_LINES
+    ]
+    assert not too_long
