@@ -458,11 +458,24 @@ CASES: tuple[tuple[str, Callable[[Group], GroupVerdict | None]], ...] = (
 )
 
 
-def _not_running(seen: Observation) -> GroupVerdict:
-    alive = evaluate(seen.now, seen.timeout, seen.now)
+def _outside_a_group(
+    seen: Observation, status: HealthStatus, summary: str | None = None
+) -> GroupVerdict:
+    """A verdict about no worker group: the phase and the counters, no ranks."""
     return GroupVerdict(
-        alive.verdict, alive.timeout, alive.last_progress, alive.age, seen.phase, seen.counters
+        status.verdict,
+        seen.timeout,
+        status.last_progress,
+        status.age,
+        seen.phase,
+        seen.counters,
+        reason=status.reason,
+        summary=summary,
     )
+
+
+def _not_running(seen: Observation) -> GroupVerdict:
+    return _outside_a_group(seen, evaluate(seen.now, seen.timeout, seen.now))
 
 
 def _agent_not_alive(seen: Observation) -> GroupVerdict | None:
@@ -471,30 +484,14 @@ def _agent_not_alive(seen: Observation) -> GroupVerdict | None:
     agent = evaluate(seen.agent_last, seen.timeout + AGENT_CALLBACK_ROUNDING, seen.now)
     if agent.alive:
         return None
-    return GroupVerdict(
-        agent.verdict,
-        seen.timeout,
-        agent.last_progress,
-        agent.age,
-        seen.phase,
-        seen.counters,
-        reason=agent.reason,
-        summary="the agent's own progress callback says it is not alive",
-    )
+    return _outside_a_group(seen, agent, "the agent's own progress callback says it is not alive")
 
 
 def _no_ranks(seen: Observation) -> GroupVerdict:
     last = seen.now if seen.agent_last is None else seen.agent_last
     status = evaluate(last, seen.timeout, seen.now)
-    return GroupVerdict(
-        status.verdict,
-        status.timeout,
-        status.last_progress,
-        status.age,
-        seen.phase,
-        seen.counters,
-        reason=status.reason,
-        summary="no local rank is known: the agent's own callback decides",
+    return _outside_a_group(
+        seen, status, "no local rank is known: the agent's own callback decides"
     )
 
 
