@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from ._config.kinds import available_kinds as available_kinds
+    from ._config.kinds import create_server as create_server
     from ._config.settings import ConfigurationError as ConfigurationError
     from ._engine.protocol import BaseProtocol as BaseProtocol
     from ._engine.protocol import Services as Services
@@ -49,6 +50,7 @@ __all__ = [
     "available_kinds",
     "check_liveness",
     "create_healthcheck_server",
+    "create_server",
     "evaluate",
     "get_log_level",
     "get_logger",
@@ -66,6 +68,7 @@ _LAZY = {
     "TCPHealthCheckServer": "._tcp.server",
     "ConfigurationError": "._config.settings",
     "available_kinds": "._config.kinds",
+    "create_server": "._config.kinds",
     "HeartbeatFile": ".progress",
     "HeartbeatFileReader": ".progress",
     "ProgressTracker": ".progress",

@@ -12,6 +12,7 @@ this server's own callback and timeout; torch code never calls it, so it cannot 
 
 # No ``from __future__ import annotations`` here: inspect.signature() must render these
 # signatures exactly as it renders torch's.
+import os
 from collections.abc import Callable
 
 from .logging import get_logger
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from .status import HealthStatus
 
 log = get_logger(__name__)
+
+_ENV_PREFIX = "ELASTIC_HEALTHCHECK_"  # as _config.settings.ENV_PREFIX, which sits above
 
 __all__ = ["HealthCheckServer", "create_healthcheck_server"]
 
@@ -96,32 +99,27 @@ def create_healthcheck_server(
     alive_callback: Callable[[], int],
     port: int,
     timeout: int,
-    *,
-    kind: str | None = None,
-    **options: object,
 ) -> HealthCheckServer:
     """
     creates health check server object
 
-    By default this is torch's no-op :class:`HealthCheckServer`. The keyword-only
-    additions, which torch code never passes, choose another kind without changing code::
+    By default this is torch's no-op :class:`HealthCheckServer`. The environment chooses
+    a real one without changing code::
 
         ELASTIC_HEALTHCHECK_SERVER=http ELASTIC_HEALTHCHECK_HOST=127.0.0.1 torchrun ...
 
-    Args:
-        kind: ``noop``, ``http``, ``tcp``, ``package.module:ClassName`` or a name an
-            installed distribution registers in the ``elastic_healthcheck.servers``
-            entry-point group. ``None`` reads ``ELASTIC_HEALTHCHECK_SERVER``, else ``noop``.
-        options: Keyword-only options of the chosen class (``host=...``), overriding
-            the ``ELASTIC_HEALTHCHECK_<OPTION>`` environment variables.
+    With no ``ELASTIC_HEALTHCHECK_*`` variable set, nothing else is imported; with one,
+    the server is built as :func:`elastic_healthcheck.create_server` builds it (which also
+    takes a ``kind`` and options as arguments).
 
     Raises:
-        ValueError: (``ConfigurationError``) the kind or an option, from the arguments
-            or the environment, cannot be used; the message says which and what is
-            accepted.
+        ValueError: (``ConfigurationError``) a kind or an option from the environment
+            cannot be used; the message says which and what is accepted.
     """
-    # The registry of kinds sits above this module: importing it here, not at the top,
-    # keeps the torch-identical base free of everything above it.
-    from ._config.kinds import create_server
+    if not any(name.startswith(_ENV_PREFIX) for name in os.environ):
+        return HealthCheckServer(alive_callback, port, timeout)
+    # The registry of kinds sits above this module: importing it only when the
+    # environment asks keeps the torch-identical base free of everything above it.
+    from ._config.kinds import build_server
 
-    return create_server(alive_callback, port, timeout, kind=kind, options=options)
+    return build_server(alive_callback, port, timeout)

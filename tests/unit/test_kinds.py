@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 
+from elastic_healthcheck import create_server
 from elastic_healthcheck._config import kinds as _kinds
 from elastic_healthcheck._config.kinds import (
     BUILTIN_KINDS,
@@ -21,7 +22,7 @@ from elastic_healthcheck._config.kinds import (
     RESERVED_ENV,
     ConfigurationError,
     available_kinds,
-    create_server,
+    build_server,
     resolve_kind,
 )
 from elastic_healthcheck._http.server import HTTPHealthCheckServer
@@ -188,7 +189,7 @@ def test_blank_option_variable_is_unset_for_every_kind(monkeypatch, kind):
     """Even for noop, which takes no options: a blank variable is not a typo to report."""
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_HOST", "")
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_HSOT", "  ")
-    server = create_healthcheck_server(alive, 0, 60, kind=kind)
+    server = create_server(alive, 0, 60, kind=kind)
     assert isinstance(server, HealthCheckServer)
 
 
@@ -202,7 +203,7 @@ def test_blank_option_variable_is_unset_for_every_kind(monkeypatch, kind):
 )
 def test_keyword_option_the_server_rejects_is_a_configuration_error(options):
     with pytest.raises(ConfigurationError, match="health check server kind 'http' rejected its"):
-        create_healthcheck_server(alive, 0, 60, kind="http", **options)
+        create_server(alive, 0, 60, kind="http", **options)
 
 
 def test_import_loads_no_server_and_no_introspection():
@@ -212,6 +213,14 @@ def test_import_loads_no_server_and_no_introspection():
 def test_default_factory_call_loads_no_server_and_no_introspection():
     code = "import elastic_healthcheck as eh\neh.create_healthcheck_server(int, 0, 60)"
     assert not modules_after(code) & HEAVY
+
+
+def test_factory_without_our_variables_never_imports_the_registry():
+    """DESIGN: the mirrored factory keeps torch's shape; only the environment reaches kinds."""
+    code = "import elastic_healthcheck as eh\neh.create_healthcheck_server(int, 0, 60)"
+    loaded = modules_after(code)
+    assert "elastic_healthcheck.health_check_server" in loaded
+    assert not {m for m in loaded if m.startswith("elastic_healthcheck._config")}
 
 
 # -- choosing a kind ---------------------------------------------------------------------
@@ -234,15 +243,15 @@ def test_server_variable_value_is_stripped(monkeypatch):
 
 def test_kind_argument_overrides_server_variable(monkeypatch):
     monkeypatch.setenv(SERVER, "http")
-    assert type(create_healthcheck_server(alive, 0, 60, kind="noop")) is HealthCheckServer
+    assert type(create_server(alive, 0, 60, kind="noop")) is HealthCheckServer
 
 
 def test_kind_argument_selects_http():
-    assert type(create_healthcheck_server(alive, 0, 60, kind="http")) is HTTPHealthCheckServer
+    assert type(create_server(alive, 0, 60, kind="http")) is HTTPHealthCheckServer
 
 
 def test_module_class_form_as_argument():
-    assert type(create_healthcheck_server(alive, 0, 60, kind=OPTIONS_SERVER)) is OptionsServer
+    assert type(create_server(alive, 0, 60, kind=OPTIONS_SERVER)) is OptionsServer
 
 
 def test_module_class_form_from_environment(monkeypatch):
@@ -251,13 +260,13 @@ def test_module_class_form_from_environment(monkeypatch):
 
 
 def test_server_gets_torchs_three_arguments():
-    server = create_healthcheck_server(alive, 29500, 60, kind="http")
+    server = create_server(alive, 29500, 60, kind="http")
     assert (server.alive_callback, server._port, server._timeout) == (alive, 29500, 60)
 
 
 def test_kind_must_be_a_string():
     with pytest.raises(TypeError, match="kind must be a str, not type"):
-        create_healthcheck_server(alive, 0, 60, kind=OptionsServer)  # type: ignore[arg-type]
+        create_server(alive, 0, 60, kind=OptionsServer)  # type: ignore[arg-type]
 
 
 def test_builtin_kinds_are_import_strings():
@@ -276,7 +285,7 @@ def test_resolve_kind_returns_the_class():
 
 
 def test_entry_point_kind_as_argument(plugin):
-    server = create_healthcheck_server(alive, 0, 60, kind="demo")
+    server = create_server(alive, 0, 60, kind="demo")
     assert type(server).__module__ == "eh_plugin_demo"
     assert type(server).__name__ == "DemoServer"
 
@@ -368,7 +377,7 @@ PARSED = [
 @pytest.mark.parametrize(("suffix", "raw", "name", "value"), PARSED)
 def test_environment_option_is_parsed_by_its_type(monkeypatch, suffix, raw, name, value):
     monkeypatch.setenv(ENV_PREFIX + suffix, raw)
-    server = create_healthcheck_server(alive, 0, 60, kind=OPTIONS_SERVER)
+    server = create_server(alive, 0, 60, kind=OPTIONS_SERVER)
     assert server.options[name] == value  # type: ignore[attr-defined]
     assert type(server.options[name]) is type(value)  # type: ignore[attr-defined]
 
@@ -387,7 +396,7 @@ BAD = [
 def test_bad_environment_value_names_variable_and_type(monkeypatch, suffix, raw, expected):
     monkeypatch.setenv(ENV_PREFIX + suffix, raw)
     with pytest.raises(ConfigurationError) as info:
-        create_healthcheck_server(alive, 0, 60, kind=OPTIONS_SERVER)
+        create_server(alive, 0, 60, kind=OPTIONS_SERVER)
     assert str(info.value).startswith(f"{ENV_PREFIX}{suffix}={raw!r} is not {expected} (option ")
 
 
@@ -416,26 +425,26 @@ def test_tcp_takes_its_own_options_from_environment(monkeypatch):
 
 def test_keyword_argument_overrides_environment(monkeypatch):
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_COUNT", "5")
-    server = create_healthcheck_server(alive, 0, 60, kind=OPTIONS_SERVER, count=9)
+    server = create_server(alive, 0, 60, kind=OPTIONS_SERVER, count=9)
     assert server.options["count"] == 9  # type: ignore[attr-defined]
 
 
 def test_overridden_environment_value_is_not_parsed(monkeypatch):
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_COUNT", "not a number")
-    server = create_healthcheck_server(alive, 0, 60, kind=OPTIONS_SERVER, count=9)
+    server = create_server(alive, 0, 60, kind=OPTIONS_SERVER, count=9)
     assert server.options["count"] == 9  # type: ignore[attr-defined]
 
 
 def test_blank_environment_option_means_the_default(monkeypatch):
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_COUNT", "")
-    server = create_healthcheck_server(alive, 0, 60, kind=OPTIONS_SERVER)
+    server = create_server(alive, 0, 60, kind=OPTIONS_SERVER)
     assert server.options["count"] == 1  # type: ignore[attr-defined]
 
 
 def test_option_of_other_type_cannot_come_from_environment(monkeypatch):
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_MODES", "a,b")
     with pytest.raises(ConfigurationError, match="^ELASTIC_HEALTHCHECK_MODES cannot be set from"):
-        create_healthcheck_server(alive, 0, 60, kind=OPTIONS_SERVER)
+        create_server(alive, 0, 60, kind=OPTIONS_SERVER)
 
 
 def test_value_rejected_by_the_class_names_the_variable(monkeypatch):
@@ -453,7 +462,7 @@ def test_value_rejected_by_the_class_names_the_variable(monkeypatch):
 
 def test_environment_is_read_from_the_mapping_given():
     environ = {SERVER: OPTIONS_SERVER, "ELASTIC_HEALTHCHECK_COUNT": "3"}
-    server = create_server(alive, 0, 60, environ=environ)
+    server = build_server(alive, 0, 60, environ=environ)
     assert server.options["count"] == 3  # type: ignore[attr-defined]
 
 
@@ -479,7 +488,7 @@ def test_a_mistyped_torchrun_variable_is_an_error_naming_the_right_one(monkeypat
     """The torchrun variables are known by name, not by prefix: a typo is caught."""
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_TORCHRUN_TIMOUT", "5")
     with pytest.raises(ConfigurationError) as info:
-        create_healthcheck_server(alive, 0, 60, kind="http")
+        create_server(alive, 0, 60, kind="http")
     assert str(info.value).startswith(
         "ELASTIC_HEALTHCHECK_TORCHRUN_TIMOUT is not a variable elastic-healthcheck reads:"
         " did you mean ELASTIC_HEALTHCHECK_TORCHRUN_TIMEOUT? ("
@@ -491,7 +500,7 @@ def test_every_unknown_environment_option_is_named_at_once(monkeypatch):
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_PROT", "x")
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_QQQQQQQQ", "x")
     with pytest.raises(ConfigurationError) as info:
-        create_healthcheck_server(alive, 0, 60, kind="http")
+        create_server(alive, 0, 60, kind="http")
     assert str(info.value).startswith(
         "ELASTIC_HEALTHCHECK_HSOT, ELASTIC_HEALTHCHECK_PROT, ELASTIC_HEALTHCHECK_QQQQQQQQ"
         " are not variables elastic-healthcheck reads: did you mean"
@@ -503,7 +512,7 @@ def test_every_unknown_environment_option_is_named_at_once(monkeypatch):
 def test_an_option_of_another_kind_names_the_kind_s_options(monkeypatch):
     monkeypatch.setenv("ELASTIC_HEALTHCHECK_AGENT_CHECK", "1")
     with pytest.raises(ConfigurationError) as info:
-        create_healthcheck_server(alive, 0, 60, kind="http")
+        create_server(alive, 0, 60, kind="http")
     assert str(info.value) == (
         "ELASTIC_HEALTHCHECK_AGENT_CHECK is not an option of health check server kind 'http';"
         " its options are ELASTIC_HEALTHCHECK_CALLBACK_TIMEOUT,"
@@ -556,7 +565,7 @@ def test_reserved_variables_are_those_the_settings_read_and_the_workers():
 
 def test_explicit_option_for_noop_is_an_error():
     with pytest.raises(ConfigurationError) as info:
-        create_healthcheck_server(alive, 0, 60, host="127.0.0.1")
+        create_server(alive, 0, 60, host="127.0.0.1")
     assert str(info.value) == (
         "unexpected option 'host' for health check server kind 'noop'"
         " (the default: ELASTIC_HEALTHCHECK_SERVER is not set); it takes: no options"
@@ -565,7 +574,7 @@ def test_explicit_option_for_noop_is_an_error():
 
 def test_unknown_explicit_option_is_an_error():
     with pytest.raises(ConfigurationError) as info:
-        create_healthcheck_server(alive, 0, 60, kind="http", hsot="127.0.0.1")
+        create_server(alive, 0, 60, kind="http", hsot="127.0.0.1")
     assert str(info.value) == (
         "unexpected option 'hsot' for health check server kind 'http';"
         " it takes: callback_timeout, client_timeout, debug, host, max_connections"
@@ -574,7 +583,7 @@ def test_unknown_explicit_option_is_an_error():
 
 def test_class_taking_any_keyword_gets_explicit_options():
     kind = f"{__name__}:PassThroughServer"
-    server = create_healthcheck_server(alive, 0, 60, kind=kind, anything=1)
+    server = create_server(alive, 0, 60, kind=kind, anything=1)
     assert server.extra == {"anything": 1}  # type: ignore[attr-defined]
 
 
@@ -593,12 +602,12 @@ def test_unknown_kind_from_environment_lists_accepted_names(plugin, monkeypatch)
 
 def test_unknown_kind_argument_names_the_argument():
     with pytest.raises(ConfigurationError, match=r"^kind='htp' is not a known"):
-        create_healthcheck_server(alive, 0, 60, kind="htp")
+        create_server(alive, 0, 60, kind="htp")
 
 
 def test_configuration_error_is_a_value_error():
     with pytest.raises(ValueError):
-        create_healthcheck_server(alive, 0, 60, kind="htp")
+        create_server(alive, 0, 60, kind="htp")
 
 
 def test_missing_module_keeps_the_cause(monkeypatch):
@@ -616,20 +625,20 @@ def test_module_failing_on_import_keeps_the_cause(tmp_path, monkeypatch):
     (tmp_path / "eh_broken_server.py").write_text("raise RuntimeError('no GPU here')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigurationError, match="RuntimeError: no GPU here") as info:
-        create_healthcheck_server(alive, 0, 60, kind="eh_broken_server:Server")
+        create_server(alive, 0, 60, kind="eh_broken_server:Server")
     assert type(info.value.__cause__) is RuntimeError
 
 
 def test_missing_class_keeps_the_cause():
     with pytest.raises(ConfigurationError, match="has no attribute 'NoSuchServer'") as info:
-        create_healthcheck_server(alive, 0, 60, kind=f"{__name__}:NoSuchServer")
+        create_server(alive, 0, 60, kind=f"{__name__}:NoSuchServer")
     assert type(info.value.__cause__) is AttributeError
 
 
 def test_builtin_kind_that_cannot_be_imported_names_its_target(monkeypatch):
     monkeypatch.setitem(BUILTIN_KINDS, "tcp", "eh_no_such_module:TCPHealthCheckServer")
     with pytest.raises(ConfigurationError) as info:
-        create_healthcheck_server(alive, 0, 60, kind="tcp")
+        create_server(alive, 0, 60, kind="tcp")
     assert str(info.value).startswith(
         "kind='tcp' (eh_no_such_module:TCPHealthCheckServer) cannot be imported:"
     )
@@ -638,10 +647,19 @@ def test_builtin_kind_that_cannot_be_imported_names_its_target(monkeypatch):
 @pytest.mark.parametrize("target", [f"{__name__}:NotAServer", f"{__name__}:alive"])
 def test_object_that_is_not_a_server_class_is_rejected(target):
     with pytest.raises(ConfigurationError, match="is not a HealthCheckServer subclass but"):
-        create_healthcheck_server(alive, 0, 60, kind=target)
+        create_server(alive, 0, 60, kind=target)
 
 
 @pytest.mark.parametrize("target", ["json:", ":Server", "json:a:b", "json-x:Server"])
 def test_malformed_target_is_rejected(target):
     with pytest.raises(ConfigurationError, match="is not of the form package.module:ClassName"):
         resolve_kind(target)
+
+
+def test_create_server_is_public_and_builds_the_kind_named():
+    import elastic_healthcheck
+
+    assert elastic_healthcheck.create_server is create_server
+    assert create_server.__module__ == "elastic_healthcheck"
+    server = create_server(alive, 0, 60, kind="tcp", host="127.0.0.1")
+    assert type(server) is TCPHealthCheckServer

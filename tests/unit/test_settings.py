@@ -227,8 +227,8 @@ def test_authority_brackets_ipv6_only():
 
 def test_a_traceback_names_the_public_class():
     code = (
-        "from elastic_healthcheck import create_healthcheck_server\n"
-        "create_healthcheck_server(lambda: 0, 0, 60, kind='htp')\n"
+        "from elastic_healthcheck import create_server\n"
+        "create_server(lambda: 0, 0, 60, kind='htp')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     last = result.stderr.strip().splitlines()[-1]

@@ -189,11 +189,11 @@ def _check_server(options: TorchrunOptions) -> None:
     Raises:
         ValueError: The class rejects an option.
     """
-    from .._config.kinds import create_server
+    from .._config.kinds import build_server
 
     timeout = 60.0 if options.timeout is None else options.timeout
     port = 0 if options.port is None else options.port
-    server = create_server(
+    server = build_server(
         _now,  # type: ignore[arg-type]  # torch annotates int; ours take floats as well
         port,
         timeout,  # type: ignore[arg-type]
@@ -380,7 +380,7 @@ def _print_results(args: argparse.Namespace, results: list[ProbeResult]) -> None
 def _serve(args: argparse.Namespace) -> int:
     import os
 
-    from .._config.kinds import create_server
+    from .._config.kinds import build_server
     from .._config.options import serve_options
     from ..progress import HeartbeatFileReader
 
@@ -400,7 +400,7 @@ def _serve(args: argparse.Namespace) -> int:
         # The one builder: ELASTIC_HEALTHCHECK_<OPTION> variables count here as in
         # create_healthcheck_server and under torchrun. torch annotates the callback and
         # timeout as int; ours take floats as well.
-        server = create_server(
+        server = build_server(
             callback,  # type: ignore[arg-type]
             options.port,
             options.timeout,  # type: ignore[arg-type]

@@ -1,7 +1,9 @@
 """Server kinds: choose a health-check server by name, without changing code.
 
-:func:`create_server` (what ``create_healthcheck_server(..., kind=...)`` calls) builds the
-server a name stands for, with options from keyword arguments and from the environment::
+:func:`create_server` (public as ``elastic_healthcheck.create_server``) builds the server a
+name stands for, with options from keyword arguments and from the environment; torch's
+``create_healthcheck_server``, which keeps torch's three parameters, builds through it as
+soon as an ``ELASTIC_HEALTHCHECK_*`` variable is set::
 
     ELASTIC_HEALTHCHECK_SERVER=http ELASTIC_HEALTHCHECK_HOST=127.0.0.1 torchrun ...
 
@@ -54,6 +56,7 @@ __all__ = [
     "ConfigurationError",
     "available_kinds",
     "choose_kind",
+    "build_server",
     "create_server",
     "resolve_kind",
     "server_options",
@@ -177,6 +180,43 @@ def create_server(
     timeout: int,
     *,
     kind: str | None = None,
+    **options: object,
+) -> HealthCheckServer:
+    """Build a health check server of a kind, with options: torch's factory, configurable.
+
+    >>> from elastic_healthcheck import create_server
+    >>> server = create_server(lambda: 0, 8080, 60, kind="http", host="::1")
+    >>> type(server).__name__
+    'HTTPHealthCheckServer'
+
+    Args:
+        alive_callback: Returns the last progress time in epoch seconds.
+        port: The port to serve on.
+        timeout: Seconds of silence after which the agent is dead.
+        kind: ``noop``, ``http``, ``tcp``, ``package.module:ClassName`` or a name an
+            installed distribution registers in the ``elastic_healthcheck.servers``
+            entry-point group. ``None`` reads ``ELASTIC_HEALTHCHECK_SERVER``, else ``noop``
+            (torch's no-op, as ``create_healthcheck_server`` builds).
+        options: Keyword-only options of the chosen class (``host=...``), overriding
+            the ``ELASTIC_HEALTHCHECK_<OPTION>`` environment variables.
+
+    Raises:
+        ConfigurationError: (a ``ValueError``) the kind or an option, from the arguments
+            or the environment, cannot be used; the message says which and what is
+            accepted.
+    """
+    return build_server(alive_callback, port, timeout, kind=kind, options=options)
+
+
+create_server.__module__ = "elastic_healthcheck"  # where users import it from
+
+
+def build_server(
+    alive_callback: Callable[[], int],
+    port: int,
+    timeout: int,
+    *,
+    kind: str | None = None,
     options: Mapping[str, object] | None = None,
     environ: Mapping[str, str] | None = None,
     kind_source: str = "kind",
@@ -184,9 +224,9 @@ def create_server(
 ) -> HealthCheckServer:
     """Build the server of the chosen kind, with options from arguments and environment.
 
-    >>> type(create_server(lambda: 0, 0, 60, environ={})).__name__  # torch's no-op
+    >>> type(build_server(lambda: 0, 0, 60, environ={})).__name__  # torch's no-op
     'HealthCheckServer'
-    >>> server = create_server(lambda: 0, 8080, 60, kind="http", options={"host": "::1"})
+    >>> server = build_server(lambda: 0, 8080, 60, kind="http", options={"host": "::1"})
 
     Args:
         alive_callback: Returns the last progress time in epoch seconds.
@@ -200,8 +240,9 @@ def create_server(
             (``--kind`` on the command line).
         default_kind: The kind when none is named (``noop``, torch's).
 
-    This is the one way servers are built: ``create_healthcheck_server``, the CLI's
-    ``serve`` and the torch integration all call it, so options and variables are
+    This is the one way servers are built: ``create_server``, ``create_healthcheck_server``
+    (when an ``ELASTIC_HEALTHCHECK_*`` variable is set), the CLI's ``serve`` and the torch
+    integration all call it, so options and variables are
     honoured and checked the same way everywhere.
 
     Raises:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from .._config.kinds import ConfigurationError, create_server
+from .._config.kinds import ConfigurationError, build_server
 from .._config.settings import authority
 from ..health_check_server import HealthCheckServer
 from ..logging import get_logger
@@ -59,7 +59,7 @@ class AgentServer:
         state = self._state
         try:
             # The state is the server's status source: its health_status() is the verdict.
-            server = create_server(state, port, state.timeout, kind=kind, options=self._options)  # type: ignore[arg-type]
+            server = build_server(state, port, state.timeout, kind=kind, options=self._options)  # type: ignore[arg-type]
         except ConfigurationError as exc:
             log.error("Not serving health checks for the elastic agent: %s", exc)
             return
