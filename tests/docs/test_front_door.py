@@ -44,11 +44,14 @@ def _command() -> tuple[dict[str, str], list[str]]:
 
 
 def test_the_readme_shows_the_command_it_runs():
-    plain = _block("console", "$ elastic-healthcheck torchrun --health-port 29600")
-    assert plain.strip() == (
+    # Plain torchrun with torch's variable, then the wrapper with the same port as a flag
+    # (tests/torch/test_plain_torchrun.py runs the first shape, this module the second).
+    both = _block("console", "$ TORCHELASTIC_HEALTH_CHECK_PORT=29600 torchrun")
+    assert both.strip().splitlines() == [
+        "$ TORCHELASTIC_HEALTH_CHECK_PORT=29600 torchrun --nproc-per-node 2 --standalone train.py",
         "$ elastic-healthcheck torchrun --health-port 29600 --nproc-per-node 2 --standalone"
-        " train.py"
-    )
+        " train.py",
+    ]
     env, words = _command()
     assert env == {"HANG": "1"}
     assert words[:2] == ["elastic-healthcheck", "torchrun"] and words[-1] == "train.py"
