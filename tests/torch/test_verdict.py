@@ -27,8 +27,7 @@ def test_a_rank_that_never_starts_is_blamed_once_the_startup_timeout_passes():
         script="steps.py",
         timeout=TIMEOUT,
         health=("--health-startup-timeout", str(startup)),
-        NEVER_START_RANK="1",
-        BEAT="1",  # rank 0 beats at the top of its first step, then waits in all_reduce
+        NEVER_START_RANK="1",  # rank 0 waits for it in its first all_reduce, as a user's would
         STEPS="1000000",
     )
     try:
@@ -70,7 +69,6 @@ def test_a_skewed_start_never_answers_503():
         health=("--health-startup-timeout", "60"),
         LOAD_RANK="1",
         LOAD_SECONDS=str(3 * TIMEOUT),
-        BEAT="1",
         STEPS="30",
     )
     assert launch.port, launch.first_line
@@ -91,7 +89,9 @@ def test_a_skewed_start_never_answers_503():
         and o.detail["ranks"]["0"]["age"] > TIMEOUT
     ]
     assert waiting, "rank 0 was never seen waiting in all_reduce past the timeout"
-    assert waiting[-1].detail["summary"].startswith("starting: local rank 1 made no progress")
+    # Neither has finished a step: rank 0 waits inside its first all_reduce, rank 1 loads.
+    assert waiting[-1].detail["summary"].startswith("starting: local ranks 0, 1 made no progress")
+    assert all(o.detail["ranks"]["0"]["state"] == "starting" for o in waiting)
 
 
 @pytest.mark.parametrize("trial", [1, 2])

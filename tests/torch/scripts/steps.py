@@ -2,8 +2,8 @@
 
 Each step: forward, backward, an all_reduce of the gradients (a Python-level
 torch.distributed collective, as a hand-rolled data-parallel loop does), optimizer.step().
-Progress is reported by nothing but optimizer.step() unless BEAT=1 (beat() at the top of
-each step). Knobs, all optional (RANK_X means "local rank X"):
+Progress is reported by nothing but optimizer.step(), as in a user's script. Knobs, all
+optional (RANK_X means "local rank X"):
 
 STEPS=N            steps to run (default 40); STEP_SECONDS=S sleep per step (default 0.05)
 LOAD_RANK=X LOAD_SECONDS=S   rank X "loads data" for S seconds before its first step
@@ -22,13 +22,11 @@ import time
 import torch.distributed as dist
 
 import torch
-from elastic_healthcheck.worker import beat
 
 rank = int(os.environ["LOCAL_RANK"])
 attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 steps = int(os.environ.get("STEPS", "40"))
 pause = float(os.environ.get("STEP_SECONDS", "0.05"))
-use_beat = os.environ.get("BEAT") == "1"
 
 
 def knob(name):
@@ -64,8 +62,6 @@ hang_first_only = os.environ.get("HANG_ATTEMPTS") == "first"
 for step in range(steps):
     if step == 1:
         print(f"STEPPING {time.time()} attempt={attempt}", flush=True)
-    if use_beat:
-        beat()
     if knob("CRASH_RANK") == rank and step == knob("CRASH_STEP") and attempt == 0:
         sys.exit(3)  # a plain failure on the first attempt, for comparison
     if knob("HANG_RANK") == rank and step == knob("HANG_STEP"):
