@@ -1,6 +1,9 @@
-"""A stand-in training script for torchrun: beats every 20 ms for TRAIN_SECONDS.
+"""A loop without an optimizer or collectives, which reports progress with beat() as the
+docs say such a loop does: beats every 20 ms for TRAIN_SECONDS. (Loops with optimizer steps
+and collectives, DDP's included, are steps.py and ddp_loop.py, with no beat().)
 
-STUCK_RANK=N: local rank N stops beating after 0.5 s (a rank hung in a collective).
+STUCK_RANK=N: local rank N stops beating after 0.5 s while the other goes on (its ranks do
+not wait for each other).
 FAIL_RANK=N: local rank N exits with status 3 after 0.5 s on the first attempt only.
 """
 
